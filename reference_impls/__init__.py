@@ -1,0 +1,1 @@
+"""Minimal, readable PyTorch reference implementations of multimodal MoE methods."""

@@ -1,0 +1,530 @@
+"""Token-choice top-k sparse Mixture-of-Experts: the shared core of every reference implementation.
+
+What the papers do
+------------------
+A sparse MoE layer replaces one feed-forward network (FFN) by ``E`` expert FFNs and a router.
+The router is a linear map ``z = x W_r`` (``W_r`` is ``d x E``, no bias) followed by a softmax over all
+experts, ``p = softmax(z)``. Each token goes to its ``k`` most probable experts, and the layer's output
+is the gate-weighted sum of those experts' outputs (Shazeer et al. 2017; GShard, Lepikhin et al. 2020;
+Switch, Fedus et al. 2021):
+
+    y(x) = sum_{e in topk(p(x))} g_e(x) * FFN_e(x)
+
+Experts have a fixed buffer size, the *capacity* ``C``, so that the work per expert is bounded (and, in
+expert parallelism, the all-to-all buffers have equal sizes). Assignments that do not fit are dropped:
+the token then skips that expert, and if every choice was dropped the layer outputs 0 for it and only
+the transformer's residual connection carries it forward.
+
+Which code this follows, and the flags where codebases differ
+---------------------------------------------------------------
+The defaults reproduce DeepSpeed v0.9.5 ``deepspeed/moe/sharded_moe.py::top2gating``, the gating that
+MoE-LLaVA (PKU-YuanGroup/MoE-LLaVA, which pins ``deepspeed==0.9.5``) trains with, generalised to any k:
+
+* capacity ``C = max(ceil(k * cf * S / E), min_capacity)`` over the ``S`` tokens of the routing group
+  (``_capacity`` in sharded_moe.py; DeepSpeed's group is the whole flattened micro-batch, and so is ours).
+  ``capacity_factor=None`` means dropless (no capacity at all).
+* buffer positions by *position priority*: all first choices outrank all second choices, and inside one
+  choice rank earlier positions come first (``locations2 += sum(mask1)`` in top2gating).
+  ``priority="batch"`` is V-MoE's Batch Priority Routing instead (google-research/vmoe
+  ``vmoe/nn/routing.py::_get_top_experts_per_item_common``): tokens are ranked by their largest router
+  probability, still all top-1 choices before all top-2 choices.
+* gates renormalised over the choices that *survived* dropping, ``g_j = p_j / max(sum_kept p, eps)``
+  (top2gating divides by ``clamp(gates1_s + gates2_s, min=finfo.eps)``). ``normalize_before_drop=True``
+  renormalises over all k choices before dropping, as Tutel does (``tutel/impls/fast_dispatch.py``,
+  ``normalize_gate=True``), which gives different numbers on overflow. ``renormalize=False`` keeps the
+  raw softmax probabilities as combine weights (Switch, V-MoE).
+* the second expert: DeepSpeed picks it as ``argmax_{j != e1}(z_j + Gumbel noise)``, in training *and
+  in evaluation* (v0.9.5 passes no training flag to top2gating). That makes inference stochastic, so
+  here ``second_expert_sampling="off"`` (deterministic top-k) is the default; ``"train"`` samples only
+  in training and ``"always"`` is exactly DeepSpeed's behaviour. For k > 2 every choice after the first
+  is sampled this way. Gates always come from the noise-free softmax, as in DeepSpeed.
+* the router runs in fp32 (DeepSpeed casts the input and keeps ``wg`` in fp32).
+
+Dispatch
+--------
+DeepSpeed builds dense one-hot ``[S, E, C]`` dispatch/combine tensors and einsums them, which costs
+``O(k * cf * S^2 * d)``, quadratic in the number of tokens. Here dispatch sorts the kept (token, expert)
+assignments by expert (as MegaBlocks and ScatterMoE do), runs every expert on its contiguous block of
+rows, and adds the gate-weighted rows back per token with ``index_add``. Semantics are identical (the
+tests check this against a naive per-expert loop); only the cost differs. The expert computation is one
+``torch.nn.functional.grouped_mm`` call per matrix where the kernel exists (see ``Experts``).
+
+Losses
+------
+``load_balancing_loss`` is the Switch/GShard form ``E * sum_i f_i P_i`` and ``router_z_loss`` is ST-MoE's
+``mean_s logsumexp(z_s)^2``; both are separate functions (like HF's ``load_balancing_loss_func``) and
+``SparseMoE`` returns both in ``aux_losses`` so the caller chooses the coefficients (MoE-LLaVA: 0.01 on
+the balance loss, summed over layers; no z-loss).
+
+Shapes: ``T`` tokens (flattened), ``d`` model width, ``h`` expert hidden width, ``E`` experts, ``k``
+choices per token, ``N`` kept assignments (``N <= T * k``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Priority = Literal["position", "batch"]
+SecondExpertSampling = Literal["off", "train", "always"]
+
+ACTIVATIONS = {
+    "gelu": lambda x: F.gelu(x),
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),  # Phi-2's "gelu_new"
+    "relu": F.relu,
+    "silu": F.silu,
+}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Dense FFN (what gets upcycled)
+# ----------------------------------------------------------------------------------------------------
+
+
+class FeedForward(nn.Module):
+    """The dense transformer FFN ``fc2(act(fc1(x)))``; names follow Phi-2's ``mlp.fc1`` / ``mlp.fc2``,
+    which MoE-LLaVA's Phi-2 scripts train by name (``--train_modules fc1 fc2 wg``)."""
+
+    def __init__(self, d_model: int, d_hidden: int, *, activation: str = "gelu", bias: bool = True):
+        super().__init__()
+        self.fc1 = nn.Linear(d_model, d_hidden, bias=bias)
+        self.fc2 = nn.Linear(d_hidden, d_model, bias=bias)
+        self.activation = activation
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(ACTIVATIONS[self.activation](self.fc1(x)))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Routing: which expert, which gate, which buffer slot, kept or dropped
+# ----------------------------------------------------------------------------------------------------
+
+
+def expert_capacity(
+    num_tokens: int, num_experts: int, top_k: int, capacity_factor: float | None, min_capacity: int = 0
+) -> int | None:
+    """Slots per expert, ``C = max(ceil(k * cf * S / E), min_capacity)``; ``None`` (dropless) when
+    ``capacity_factor`` is None.
+
+    DeepSpeed v0.9.5 ``_capacity`` uses ``ceil(cf * S / E)`` in top1gating and ``ceil(2 * cf * S / E)`` in
+    top2gating, i.e. this formula with k = 1 and k = 2. MoE-LLaVA: cf = 1.5 in training (every
+    ``scripts/v1/*/finetune_moe.sh``), 2.0 in evaluation (``train.py`` default), min_capacity = 0. With
+    ``cf >= E / k`` nothing can be dropped, since an expert receives at most S assignments.
+    """
+    if capacity_factor is None:
+        return None
+    return max(math.ceil(top_k * capacity_factor * num_tokens / num_experts), min_capacity)
+
+
+@dataclass
+class Routing:
+    """The router's decision for ``T`` tokens. Every ``[T, k]`` field is indexed by (token, choice rank)."""
+
+    router_probs: Tensor  # [T, E] fp32 softmax of the (noise-free) router logits
+    expert_index: Tensor  # [T, k] long: the j-th choice of each token (column 0 = argmax)
+    gates: Tensor  # [T, k] fp32 combine weights; exactly 0 where the assignment was dropped
+    keep: Tensor  # [T, k] bool: the assignment fits in its expert's buffer
+    position: Tensor  # [T, k] long: slot in the expert's buffer in priority order (>= capacity if dropped)
+    capacity: int | None  # slots per expert; None = dropless
+
+    @property
+    def num_experts(self) -> int:
+        return self.router_probs.shape[-1]
+
+    @property
+    def expert_counts(self) -> Tensor:
+        """[E] long: kept assignments per expert."""
+        return torch.bincount(self.expert_index[self.keep], minlength=self.num_experts)
+
+    @property
+    def dropped(self) -> int:
+        return int((~self.keep).sum())
+
+
+def _gumbel_like(x: Tensor) -> Tensor:
+    # -log(Exp(1)) is Gumbel(0, 1); same distribution as DeepSpeed's gumbel_rsample.
+    return -torch.empty_like(x).exponential_().log()
+
+
+def _choose_experts(router_logits: Tensor, router_probs: Tensor, top_k: int, sample: bool) -> Tensor:
+    if not sample or top_k == 1:
+        return router_probs.topk(top_k, dim=-1).indices
+    # DeepSpeed top2gating: e1 = argmax p (no noise); e2 = argmax_{j != e1} (z_j + Gumbel).
+    first = router_probs.argmax(dim=-1, keepdim=True)
+    noisy = (router_logits + _gumbel_like(router_logits)).scatter(-1, first, float("-inf"))
+    return torch.cat([first, noisy.topk(top_k - 1, dim=-1).indices], dim=-1)
+
+
+def _buffer_positions(expert_index: Tensor, token_priority: Tensor, num_experts: int) -> Tensor:
+    """Slot of every assignment in its expert's buffer when assignments queue in the order
+    (choice rank, token priority): all first choices, then all second choices, and so on.
+
+    One stable sort replaces DeepSpeed's ``cumsum`` over one-hot masks: sorted by expert, an
+    assignment's slot is its rank minus the number of assignments to lower-numbered experts.
+    """
+    T, k = expert_index.shape
+    queue = expert_index[token_priority].T.reshape(-1)  # [k*T] in priority order
+    by_expert = torch.argsort(queue, stable=True)
+    counts = torch.bincount(queue, minlength=num_experts)
+    first_slot = torch.cumsum(counts, 0) - counts
+    slot_sorted = torch.arange(queue.numel(), device=queue.device) - first_slot[queue[by_expert]]
+    slot_queue = torch.empty_like(slot_sorted).scatter_(0, by_expert, slot_sorted)
+    position = torch.empty_like(expert_index)
+    position[token_priority] = slot_queue.view(k, T).T
+    return position
+
+
+def route(
+    router_logits: Tensor,
+    top_k: int,
+    capacity_factor: float | None = None,
+    *,
+    min_capacity: int = 0,
+    renormalize: bool = True,
+    normalize_before_drop: bool = False,
+    priority: Priority = "position",
+    sample_second_expert: bool = False,
+) -> Routing:
+    """Top-k token-choice routing with optional capacity (see the module docstring for the sources).
+
+    Args:
+        router_logits: ``[T, E]`` router outputs ``z = x W_r`` for one routing group.
+        top_k: experts per token, ``k``.
+        capacity_factor: ``cf`` in ``C = ceil(k * cf * T / E)``; None is dropless.
+        min_capacity: lower bound on ``C`` (DeepSpeed ``min_capacity``; MoE-LLaVA passes 0).
+        renormalize: combine weights ``p_j / sum_kept p`` (DeepSpeed, Mixtral); False gives the raw
+            softmax ``p_j`` (Switch, V-MoE), so that for k=1 the router gets a task-loss gradient.
+        normalize_before_drop: with ``renormalize``, divide by the sum over all k choices *before*
+            dropping (Tutel); a token that lost its second choice then keeps ``p_1 / (p_1 + p_2) < 1``.
+        priority: ``"position"`` (DeepSpeed: earlier tokens first) or ``"batch"`` (V-MoE BPR: tokens
+            with the largest top-1 probability first; ties keep position order).
+        sample_second_expert: DeepSpeed's Gumbel sampling of choices 2..k.
+    """
+    T, E = router_logits.shape
+    if not 1 <= top_k <= E:
+        raise ValueError(f"top_k={top_k} must be in [1, num_experts={E}]")
+    router_probs = torch.softmax(router_logits.float(), dim=-1)
+    expert_index = _choose_experts(router_logits.float(), router_probs, top_k, sample_second_expert)
+    topk_probs = router_probs.gather(-1, expert_index)
+
+    if priority == "position":
+        token_priority = torch.arange(T, device=router_logits.device)
+    elif priority == "batch":
+        token_priority = torch.argsort(topk_probs[:, 0], descending=True, stable=True)
+    else:
+        raise ValueError(f"unknown priority {priority!r}")
+    position = _buffer_positions(expert_index, token_priority, E)
+
+    capacity = expert_capacity(T, E, top_k, capacity_factor, min_capacity)
+    keep = position < capacity if capacity is not None else torch.ones_like(position, dtype=torch.bool)
+
+    eps = torch.finfo(router_probs.dtype).eps
+    if not renormalize:
+        gates = topk_probs * keep
+    elif normalize_before_drop:
+        gates = topk_probs / topk_probs.sum(-1, keepdim=True).clamp_min(eps) * keep
+    else:
+        kept = topk_probs * keep
+        gates = kept / kept.sum(-1, keepdim=True).clamp_min(eps)
+    return Routing(router_probs, expert_index, gates, keep, position, capacity)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Dispatch: group the kept assignments by expert, and add the expert outputs back per token
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Dispatch:
+    """Kept assignments in expert-contiguous order: rows ``offsets[e-1]:offsets[e]`` go to expert e."""
+
+    assignment: Tensor  # [N] long: index into the flattened [T*k] assignments
+    token_index: Tensor  # [N] long: the token of each row (assignment // k)
+    expert_of_row: Tensor  # [N] long: non-decreasing expert id of each row
+    counts: Tensor  # [E] long: rows per expert
+
+
+def sort_by_expert(expert_index: Tensor, keep: Tensor, num_experts: int) -> Dispatch:
+    """Sort the kept (token, expert) assignments by expert; dropped ones are sent to a sentinel
+    expert ``E`` that sorts last and is cut off."""
+    k = expert_index.shape[-1]
+    flat = torch.where(keep, expert_index, num_experts).reshape(-1)
+    assignment = torch.argsort(flat, stable=True)
+    counts = torch.bincount(flat, minlength=num_experts + 1)[:num_experts]
+    assignment = assignment[: int(counts.sum())]  # host sync: the number of kept rows sets the shapes
+    return Dispatch(assignment, assignment // k, flat[assignment], counts)
+
+
+def combine_by_token(expert_out: Tensor, dispatch: Dispatch, gates: Tensor, num_tokens: int) -> Tensor:
+    """``y_t = sum_j g_tj * FFN_{e_tj}(x_t)``: weight every row by its gate and add it to its token."""
+    weight = gates.reshape(-1)[dispatch.assignment].to(expert_out.dtype).unsqueeze(-1)
+    out = expert_out.new_zeros(num_tokens, expert_out.shape[-1])
+    return out.index_add(0, dispatch.token_index, expert_out * weight)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Experts: E FFNs with stacked weights
+# ----------------------------------------------------------------------------------------------------
+
+
+def grouped_mm_available(x: Tensor) -> bool:
+    """Whether ``F.grouped_mm`` runs for this tensor: on CPU (torch >= 2.11 has a CPU kernel; fp32 and
+    bf16, forward and backward, empty groups included) or on CUDA in bf16 on SM >= 8.0 (the
+    documented requirement; fp32 on CUDA falls back to the loop)."""
+    if not hasattr(F, "grouped_mm"):
+        return False
+    if x.device.type == "cpu":
+        return x.dtype in (torch.float32, torch.bfloat16)
+    if x.device.type == "cuda":
+        return x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device) >= (8, 0)
+    return False
+
+
+class Experts(nn.Module):
+    """``E`` FFN experts ``fc2_e(act(fc1_e(x)))`` with stacked weights ``w1 [E, d, h]``, ``w2 [E, h, d]``.
+
+    ``forward`` takes expert-contiguous rows (``Dispatch`` order) and the rows per expert. Two
+    implementations of the same product, chosen by ``backend``:
+
+    * ``"grouped_mm"``: one ``F.grouped_mm`` per matrix, with ``offs = cumsum(counts)``. Biases are
+      gathered per row (``grouped_mm``'s own ``bias`` argument is not differentiable).
+    * ``"loop"``: ``unbind`` the stacked weights *once* and loop over experts with non-empty rows.
+      Unbinding outside the loop matters: indexing ``w1[e]`` inside it makes the backward build E
+      full-size ``[E, d, h]`` gradient buffers, ``O(E^2 d h)`` work (7.3 s vs 0.19 s at E=64 on CPU).
+    * ``"auto"`` (default): ``grouped_mm`` where ``grouped_mm_available``, else the loop. On the 2-core
+      CPU (torch 2.13) the two were measured equal within noise at 4096 tokens, and grouped_mm was
+      faster with few tokens per expert (see docs/impls/moe_llava.md and benchmarks/moe_dispatch.py),
+      and on GPUs it is the kernel designed for this layout.
+    """
+
+    def __init__(
+        self,
+        num_experts: int,
+        d_model: int,
+        d_hidden: int,
+        *,
+        activation: str = "gelu",
+        bias: bool = True,
+        backend: Literal["auto", "grouped_mm", "loop"] = "auto",
+    ):
+        super().__init__()
+        self.num_experts, self.d_model, self.d_hidden = num_experts, d_model, d_hidden
+        self.activation, self.backend = activation, backend
+        self.w1 = nn.Parameter(torch.empty(num_experts, d_model, d_hidden))
+        self.w2 = nn.Parameter(torch.empty(num_experts, d_hidden, d_model))
+        self.b1 = nn.Parameter(torch.empty(num_experts, d_hidden)) if bias else None
+        self.b2 = nn.Parameter(torch.empty(num_experts, d_model)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # nn.Linear's default init, per expert: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+        for w, b, fan_in in ((self.w1, self.b1, self.d_model), (self.w2, self.b2, self.d_hidden)):
+            bound = 1.0 / math.sqrt(fan_in)
+            nn.init.uniform_(w, -bound, bound)
+            if b is not None:
+                nn.init.uniform_(b, -bound, bound)
+
+    @torch.no_grad()
+    def copy_from_dense(self, ffn: FeedForward) -> None:
+        """Upcycling (Komatsuzaki et al. 2022; DeepSpeed ``Experts`` deep-copies the dense MLP E times)."""
+        self.w1.copy_(ffn.fc1.weight.T.expand_as(self.w1))
+        self.w2.copy_(ffn.fc2.weight.T.expand_as(self.w2))
+        if self.b1 is not None:
+            self.b1.copy_(ffn.fc1.bias.expand_as(self.b1))
+            self.b2.copy_(ffn.fc2.bias.expand_as(self.b2))
+
+    def forward(self, x: Tensor, counts: Tensor, expert_of_row: Tensor | None = None) -> Tensor:
+        """``x [N, d]`` expert-contiguous rows, ``counts [E]`` rows per expert -> ``[N, d]``."""
+        act = ACTIVATIONS[self.activation]
+        use_grouped = self.backend == "grouped_mm" or (self.backend == "auto" and grouped_mm_available(x))
+        if use_grouped:
+            offs = torch.cumsum(counts, 0).to(torch.int32)
+            if self.b1 is not None and expert_of_row is None:
+                expert_of_row = torch.repeat_interleave(torch.arange(self.num_experts, device=x.device), counts)
+            h = F.grouped_mm(x, self.w1, offs=offs)
+            h = act(h + self.b1[expert_of_row] if self.b1 is not None else h)
+            y = F.grouped_mm(h, self.w2, offs=offs)
+            return y + self.b2[expert_of_row] if self.b2 is not None else y
+
+        rows = x.split(counts.tolist())
+        w1, w2 = self.w1.unbind(0), self.w2.unbind(0)
+        b1 = self.b1.unbind(0) if self.b1 is not None else [None] * self.num_experts
+        b2 = self.b2.unbind(0) if self.b2 is not None else [None] * self.num_experts
+        outs = []
+        for e, xe in enumerate(rows):
+            if xe.shape[0] == 0:
+                continue
+            he = act(torch.addmm(b1[e], xe, w1[e]) if b1[e] is not None else xe @ w1[e])
+            outs.append(torch.addmm(b2[e], he, w2[e]) if b2[e] is not None else he @ w2[e])
+        return torch.cat(outs) if outs else x.new_zeros(0, self.d_model)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Losses
+# ----------------------------------------------------------------------------------------------------
+
+
+def load_balancing_loss(
+    router_probs: Tensor, expert_index: Tensor, num_experts: int, *, count: Literal["first", "all"] = "first"
+) -> Tensor:
+    """Switch / GShard load-balancing loss ``E * sum_i f_i P_i``.
+
+    ``P_i`` is the mean router probability of expert i over the tokens (carries the gradient) and ``f_i``
+    the fraction of assignments whose expert is i (a hard count, no gradient), counted *before* capacity
+    dropping. ``count="first"`` counts only each token's first choice, as DeepSpeed's top1/top2gating
+    (``l_aux = mean(me * ce) * E * E``, MoE-LLaVA), Switch and GShard do; ``count="all"`` counts all k
+    choices with ``f`` normalised by ``T * k`` (MegaBlocks, DeepSpeed ``topkgating``).
+    Value: exactly 1 when ``f`` or ``P`` is uniform; ``E`` when every token picks the same expert with
+    probability 1 (``count="first"``).
+
+    Args:
+        router_probs: ``[T, E]`` softmax probabilities.
+        expert_index: ``[T, k]`` chosen experts, first choice in column 0.
+    """
+    chosen = expert_index[:, :1] if count == "first" else expert_index
+    f = torch.bincount(chosen.reshape(-1), minlength=num_experts).to(router_probs.dtype) / chosen.numel()
+    P = router_probs.mean(dim=0)
+    return num_experts * torch.sum(f * P)
+
+
+def router_z_loss(router_logits: Tensor) -> Tensor:
+    """ST-MoE router z-loss (Zoph et al. 2022, eq. 5): ``mean_s (logsumexp_j z_sj)^2``; ``(ln E)^2`` at
+    zero logits. It penalises large logits, which make the fp32/bf16 softmax unstable."""
+    return torch.logsumexp(router_logits.float(), dim=-1).square().mean()
+
+
+# ----------------------------------------------------------------------------------------------------
+# The layer
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MoEOutput:
+    output: Tensor  # same shape as the input
+    router_logits: Tensor  # [T, E] fp32
+    routing: Routing  # expert_index, gates, keep, position, capacity, router_probs
+    expert_counts: Tensor  # [E] long: assignments kept per expert
+    dropped: int  # token-expert assignments dropped by capacity
+    aux_losses: dict[str, Tensor]  # "load_balance" (E sum f P) and "z_loss", uncoefficiented
+
+
+class SparseMoE(nn.Module):
+    """Token-choice top-k MoE over FFN experts, DeepSpeed/MoE-LLaVA semantics by default.
+
+    Args:
+        d_model, d_hidden: expert FFN widths ``d -> h -> d``.
+        num_experts: ``E`` (MoE-LLaVA: 4).
+        top_k: ``k`` (MoE-LLaVA: 2).
+        capacity_factor: training capacity factor; None is dropless (MoE-LLaVA: 1.5).
+        renormalize: see ``route`` (DeepSpeed top-2: True).
+        eval_capacity_factor: capacity factor when ``self.training`` is False; ``"same"`` (default) uses
+            ``capacity_factor``. MoE-LLaVA: 2.0 (``train.py``), dropless for E=4, k=2.
+        min_capacity: see ``route`` (MoE-LLaVA: 0).
+        normalize_before_drop: see ``route`` (Tutel: True; DeepSpeed: False).
+        priority: ``"position"`` (DeepSpeed) or ``"batch"`` (V-MoE Batch Priority Routing).
+        second_expert_sampling: ``"off"`` (default, deterministic), ``"train"`` (Gumbel-sample choices
+            2..k only in training) or ``"always"`` (DeepSpeed v0.9.5: also at evaluation).
+        activation, bias: the expert FFN's (and ``FeedForward``'s).
+        expert_backend: see ``Experts``.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_hidden: int,
+        num_experts: int,
+        top_k: int,
+        capacity_factor: float | None = None,
+        renormalize: bool = True,
+        *,
+        eval_capacity_factor: float | None | Literal["same"] = "same",
+        min_capacity: int = 0,
+        normalize_before_drop: bool = False,
+        priority: Priority = "position",
+        second_expert_sampling: SecondExpertSampling = "off",
+        activation: str = "gelu",
+        bias: bool = True,
+        expert_backend: Literal["auto", "grouped_mm", "loop"] = "auto",
+    ):
+        super().__init__()
+        if not 1 <= top_k <= num_experts:
+            raise ValueError(f"top_k={top_k} must be in [1, num_experts={num_experts}]")
+        if second_expert_sampling not in ("off", "train", "always"):
+            raise ValueError(f"unknown second_expert_sampling {second_expert_sampling!r}")
+        self.num_experts, self.top_k = num_experts, top_k
+        self.capacity_factor = capacity_factor
+        self.eval_capacity_factor = capacity_factor if eval_capacity_factor == "same" else eval_capacity_factor
+        self.renormalize, self.normalize_before_drop = renormalize, normalize_before_drop
+        self.min_capacity, self.priority = min_capacity, priority
+        self.second_expert_sampling = second_expert_sampling
+        self.router = nn.Linear(d_model, num_experts, bias=False)  # DeepSpeed TopKGate.wg
+        self.experts = Experts(
+            num_experts, d_model, d_hidden, activation=activation, bias=bias, backend=expert_backend
+        )
+
+    @classmethod
+    def from_dense(cls, ffn: FeedForward, num_experts: int, top_k: int, **kwargs) -> "SparseMoE":
+        """Sparse upcycling: every expert starts as a copy of ``ffn``; the router is freshly initialised
+        (MoE-LLaVA stage 3). With renormalised gates and no drops the output equals ``ffn(x)``."""
+        moe = cls(
+            ffn.fc1.in_features,
+            ffn.fc1.out_features,
+            num_experts,
+            top_k,
+            activation=ffn.activation,
+            bias=ffn.fc1.bias is not None,
+            **kwargs,
+        )
+        moe.experts.copy_from_dense(ffn)
+        return moe.to(device=ffn.fc1.weight.device, dtype=ffn.fc1.weight.dtype)
+
+    def forward(self, x: Tensor) -> MoEOutput:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        # fp32 router, as DeepSpeed (TopKGate casts input and wg to float32).
+        router_logits = F.linear(x.float(), self.router.weight.float())
+        sample = self.second_expert_sampling == "always" or (
+            self.second_expert_sampling == "train" and self.training
+        )
+        routing = route(
+            router_logits,
+            self.top_k,
+            self.capacity_factor if self.training else self.eval_capacity_factor,
+            min_capacity=self.min_capacity,
+            renormalize=self.renormalize,
+            normalize_before_drop=self.normalize_before_drop,
+            priority=self.priority,
+            sample_second_expert=sample,
+        )
+        dispatch = sort_by_expert(routing.expert_index, routing.keep, self.num_experts)
+        expert_out = self.experts(x[dispatch.token_index], dispatch.counts, dispatch.expert_of_row)
+        y = combine_by_token(expert_out, dispatch, routing.gates, x.shape[0])
+        aux = {
+            "load_balance": load_balancing_loss(routing.router_probs, routing.expert_index, self.num_experts),
+            "z_loss": router_z_loss(router_logits),
+        }
+        dropped = routing.expert_index.numel() - int(dispatch.assignment.numel())
+        return MoEOutput(y.reshape(shape), router_logits, routing, dispatch.counts, dropped, aux)
+
+
+__all__ = [
+    "ACTIVATIONS",
+    "Dispatch",
+    "Experts",
+    "FeedForward",
+    "MoEOutput",
+    "Routing",
+    "SparseMoE",
+    "combine_by_token",
+    "expert_capacity",
+    "grouped_mm_available",
+    "load_balancing_loss",
+    "route",
+    "router_z_loss",
+    "sort_by_expert",
+]
