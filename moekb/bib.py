@@ -1,0 +1,103 @@
+"""BibTeX for the knowledge base, written and read with bibtexparser 2.
+
+Each entry's key is the paper id. Titles are wrapped in an extra pair of braces so BibTeX styles
+keep their capitalisation (MoE, LLaVA); Unicode is written as LaTeX by bibtexparser's encoding
+middleware and decoded again on parsing, so a file written here parses back to the same fields.
+"""
+
+from __future__ import annotations
+
+import bibtexparser
+from bibtexparser import middlewares as mw
+from bibtexparser.library import Library
+from bibtexparser.middlewares.middleware import BlockMiddleware
+from pylatexenc.latex2text import LatexNodes2Text, MacroTextSpec, get_default_latex_context_db
+from bibtexparser.model import Entry, Field
+
+from moekb.model import KnowledgeBase, Paper, Taxonomy
+
+
+JOURNALS = {"JMLR", "TMLR", "TPAMI", "TIP", "TMM", "TOMM", "Mathematics", "Neural-Computation", "Information-Fusion"}
+
+
+def default_type(paper: Paper) -> str:
+    if paper.bibtex_type:
+        return paper.bibtex_type
+    if paper.venue is None:
+        return "misc"
+    return "article" if paper.venue in JOURNALS else "inproceedings"
+
+
+def entry_fields(paper: Paper, taxonomy: Taxonomy) -> dict[str, str]:
+    """The BibTeX fields of one paper, in the order they are written."""
+    kind = default_type(paper)
+    fields = {"title": paper.title, "author": " and ".join(paper.authors), "year": str(paper.year)}
+    venue = taxonomy.venue[paper.venue].name if paper.venue else None
+    if kind == "article":
+        fields["journal"] = venue or (f"arXiv preprint arXiv:{paper.arxiv}" if paper.arxiv else "Unpublished")
+    elif kind == "inproceedings" and venue:
+        fields["booktitle"] = venue
+    elif venue:
+        fields["howpublished"] = venue
+    if paper.arxiv:
+        fields.update(eprint=paper.arxiv, archiveprefix="arXiv")
+    if paper.doi:
+        fields["doi"] = paper.doi
+    url = paper.url or paper.arxiv_url or paper.doi_url
+    if url:
+        fields["url"] = url
+    return fields
+
+
+class ProtectTitleCase(BlockMiddleware):
+    """Wrap each (already LaTeX-encoded) title in braces, so styles keep its capitals."""
+
+    def __init__(self):
+        super().__init__(allow_inplace_modification=True)
+
+    def transform_entry(self, entry: Entry, library: Library) -> Entry:
+        title = entry.fields_dict.get("title")
+        if title is not None:
+            title.value = "{" + title.value + "}"
+        return entry
+
+
+def paper_library(papers: list[Paper], taxonomy: Taxonomy) -> Library:
+    library = Library()
+    for paper in papers:
+        fields = [Field(key, value) for key, value in entry_fields(paper, taxonomy).items()]
+        library.add(Entry(default_type(paper), paper.id, fields))
+    return library
+
+
+def bibtex(papers: list[Paper], taxonomy: Taxonomy) -> str:
+    """A BibTeX file for ``papers``, LaTeX-encoded."""
+    fmt = bibtexparser.BibtexFormat()
+    fmt.indent = "  "
+    fmt.block_separator = "\n"
+    return bibtexparser.write_string(
+        paper_library(papers, taxonomy), prepend_middleware=[mw.LatexEncodingMiddleware(keep_math=False, enclose_urls=False), ProtectTitleCase()], bibtex_format=fmt
+    )
+
+
+def paper_bibtex(paper: Paper, kb: KnowledgeBase) -> str:
+    return bibtex([paper], kb.taxonomy)
+
+
+def latex_decoder() -> LatexNodes2Text:
+    """pylatexenc's decoder, except that ``\\textasciicircum`` (how the encoder writes ``^``)
+    decodes to ``^`` rather than the modifier letter U+02C6, so titles such as M$^4$oE round-trip."""
+    context = get_default_latex_context_db().filter_context()
+    context.add_context_category("moekb", prepend=True, macros=[MacroTextSpec("textasciicircum", simplify_repl="^")])
+    return LatexNodes2Text(latex_context=context)
+
+
+def parse_bibtex(text: str) -> Library:
+    """Parse BibTeX with LaTeX decoded and title braces removed; the caller must look at
+    ``library.failed_blocks``."""
+    library = bibtexparser.parse_string(text, append_middleware=[mw.LatexDecodingMiddleware(decoder=latex_decoder())])
+    for entry in library.entries:
+        title = entry.fields_dict.get("title")
+        if title is not None and title.value.startswith("{") and title.value.endswith("}"):
+            title.value = title.value[1:-1]
+    return library

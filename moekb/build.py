@@ -1,0 +1,45 @@
+"""From the project folder to ``docs/generated/``: load, validate, render, write.
+
+Used by ``moekb build`` and by the mkdocs hook, so both produce the same files.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from moekb.load import load_knowledge_base, project_root
+from moekb.model import KnowledgeBase
+from moekb.output import sync_tree
+from moekb.schema import paper_schema
+from moekb.site import render_site
+
+GENERATED = Path("docs") / "generated"
+PAPERS_ENV = "MOEKB_PAPERS"  # another papers folder (e.g. a synthetic corpus) to build from
+
+
+def papers_dir_from_env(root: Path) -> Path | None:
+    value = os.environ.get(PAPERS_ENV)
+    return (root / value) if value else None
+
+
+def implementation_sources(root: Path, kb: KnowledgeBase) -> dict[str, str]:
+    """Source text of every reference implementation the taxonomy names and the repo has."""
+    modules = {owner.reference_impl for p in kb.taxonomy.perspectives for owner in (p, *p.subcategories)
+               if owner.reference_impl}
+    return {m: (root / m).read_text(encoding="utf-8") for m in sorted(modules) if (root / m).is_file()}
+
+
+def generate(root: Path | None = None, papers_dir: Path | None = None) -> tuple[KnowledgeBase, dict[str, str]]:
+    """Load and render; raises MoekbError (and so writes nothing) if anything is invalid."""
+    root = project_root(root)
+    kb = load_knowledge_base(root, papers_dir or papers_dir_from_env(root))
+    files = render_site(kb, implementations=implementation_sources(root, kb), schema=paper_schema(kb.taxonomy))
+    return kb, files
+
+
+def build(root: Path | None = None, papers_dir: Path | None = None) -> tuple[KnowledgeBase, int, int]:
+    root = project_root(root)
+    kb, files = generate(root, papers_dir)
+    written, removed = sync_tree(files, root / GENERATED)
+    return kb, written, removed

@@ -1,0 +1,115 @@
+"""The ``moekb`` command line: validate, build, stats, schema (and more as they land).
+
+Every command exits 0 on success and 1 when the input has problems, printed as ``path:line:
+message``. Nothing ever ends in a Python traceback: an unexpected failure is reported in one
+line with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+from moekb.build import build, papers_dir_from_env
+from moekb.errors import MoekbError
+from moekb.load import load_knowledge_base, load_taxonomy, project_root
+from moekb.output import write_atomic
+from moekb.schema import SCHEMA_PATH, paper_schema
+
+
+def cmd_validate(args) -> int:
+    root = project_root(args.root)
+    kb = load_knowledge_base(root, args.papers or papers_dir_from_env(root))
+    print(f"ok: {len(kb.papers)} papers, {len(kb.taxonomy.subcategory)} sub-categories, no problems")
+    return 0
+
+
+def cmd_build(args) -> int:
+    kb, written, removed = build(args.root, args.papers)
+    print(f"built docs/generated/ from {len(kb.papers)} papers: {written} files written, {removed} removed")
+    return 0
+
+
+def cmd_stats(args) -> int:
+    root = project_root(args.root)
+    kb = load_knowledge_base(root, args.papers or papers_dir_from_env(root))
+    tax = kb.taxonomy
+    print(f"{len(kb.papers)} papers\n\nPapers per perspective and sub-category:")
+    for perspective in tax.perspectives:
+        print(f"  {perspective.id:<12} {len(kb.in_perspective(perspective.id)):>4}")
+        for sub in perspective.subcategories:
+            print(f"    {sub.id:<28} {len(kb.in_subcategory(sub.id)):>4}")
+    gaps = Counter(g for p in kb.papers for g in p.gaps)
+    print("\nPapers per research gap:")
+    for gap in tax.gaps:
+        print(f"  {gap.id:<24} {gaps[gap.id]:>4}")
+    years = Counter(p.year for p in kb.papers)
+    print("\nPapers per year:")
+    for year in sorted(years):
+        print(f"  {year} {years[year]:>4}")
+    multimodal = [p for p in kb.papers if not tax.perspective[p.perspective].background]
+    thin = [s.id for p in tax.perspectives for s in p.subcategories if len(kb.in_subcategory(s.id)) < args.min_per_subcategory]
+    thin_gaps = [g.id for g in tax.gaps if gaps[g.id] < args.min_per_gap]
+    print(f"\nCoverage: {len(multimodal)} multimodal papers (minimum {args.min_multimodal}); "
+          f"sub-categories under {args.min_per_subcategory}: {', '.join(thin) or 'none'}; "
+          f"gaps under {args.min_per_gap}: {', '.join(thin_gaps) or 'none'}")
+    return 1 if args.check and (thin or thin_gaps or len(multimodal) < args.min_multimodal) else 0
+
+
+def cmd_schema(args) -> int:
+    root = project_root(args.root)
+    schema = paper_schema(load_taxonomy(root))
+    text = json.dumps(schema, indent=2) + "\n"
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        target = root / (args.output or SCHEMA_PATH)
+        write_atomic(target, text.encode("utf-8"))
+        print(f"wrote {target.relative_to(root) if target.is_relative_to(root) else target}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="moekb", description=__doc__.split("\n")[0])
+    top.add_argument("--root", type=Path, default=None, help="project folder (default: found from the working directory)")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    def papers_option(p):
+        p.add_argument("--papers", type=Path, default=None, help="papers folder (default: <root>/papers or $MOEKB_PAPERS)")
+        return p
+
+    papers_option(sub.add_parser("validate", help="check every entry and the taxonomy; print path:line: message")).set_defaults(func=cmd_validate)
+    papers_option(sub.add_parser("build", help="validate, then write docs/generated/ (nothing is written on error)")).set_defaults(func=cmd_build)
+    stats = papers_option(sub.add_parser("stats", help="papers per perspective, sub-category, gap and year"))
+    stats.add_argument("--check", action="store_true", help="exit 1 when a coverage minimum is not met")
+    stats.add_argument("--min-multimodal", type=int, default=60)
+    stats.add_argument("--min-per-subcategory", type=int, default=3)
+    stats.add_argument("--min-per-gap", type=int, default=5)
+    stats.set_defaults(func=cmd_stats)
+    schema = sub.add_parser("schema", help=f"write the paper JSON Schema (default {SCHEMA_PATH}; '-' for stdout)")
+    schema.add_argument("output", nargs="?", default=None)
+    schema.set_defaults(func=cmd_schema)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except MoekbError as err:
+        for problem in err.problems:
+            print(problem, file=sys.stderr)
+        print(f"{len(err.problems)} problem(s) found", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as err:  # noqa: BLE001 - the promise is: never a traceback
+        print(f"moekb: internal error: {type(err).__name__}: {err} (please report it)", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

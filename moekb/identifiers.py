@@ -1,0 +1,83 @@
+"""Syntax of the identifiers a paper carries, and the normal forms used to find duplicates.
+
+arXiv rules follow arxiv-browse's ``browse/domain/identifier.py``: new-style ``YYMM.NNNN`` until
+2014-12 and ``YYMM.NNNNN`` from 2015-01 (month 01-12, an optional ``vN``), old-style
+``archive(.SUB)/YYMMNNN``. DOIs use Crossref's recommended pattern.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+NEW_ARXIV = re.compile(r"^(?P<yy>\d{2})(?P<mm>\d{2})\.(?P<num>\d{4,5})(?P<version>v[1-9]\d*)?$")
+OLD_ARXIV = re.compile(
+    r"^(?P<archive>[a-z]+(-[a-z]+)?)(\.[A-Z]{2})?/(?P<yy>\d{2})(?P<mm>\d{2})\d{3}(?P<version>v[1-9]\d*)?$"
+)
+DOI = re.compile(r"^10\.\d{4,9}/[-._;()/:a-z0-9<>\[\]]+$", re.IGNORECASE)
+URL = re.compile(r"^https?://[^\s/$.?#][^\s]*$", re.IGNORECASE)
+SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+
+
+def arxiv_problem(value: str) -> str | None:
+    """Why ``value`` is not a valid arXiv identifier, or None when it is."""
+    if value.lower().startswith(("http", "arxiv:")):
+        return f"arxiv: write the bare identifier, not {value!r} (e.g. \"2206.02770\")"
+    match = NEW_ARXIV.match(value)
+    if match:
+        yymm = int(match["yy"] + match["mm"])
+        if not 1 <= int(match["mm"]) <= 12:
+            return f"arxiv: {value!r} has month {match['mm']}, which is not 01-12"
+        if int(match["yy"]) < 7:
+            return f"arxiv: {value!r}: new-style identifiers start in April 2007 (0704)"
+        digits = len(match["num"])
+        if yymm >= 1501 and digits != 5:
+            return f"arxiv: {value!r}: identifiers from 2015 (1501) on have a 5-digit number"
+        if yymm < 1501 and digits != 4:
+            return f"arxiv: {value!r}: identifiers before 2015 (1501) have a 4-digit number"
+        return None
+    match = OLD_ARXIV.match(value)
+    if match:
+        if not 1 <= int(match["mm"]) <= 12:
+            return f"arxiv: {value!r} has month {match['mm']}, which is not 01-12"
+        return None
+    return (
+        f"arxiv: {value!r} is not an arXiv identifier "
+        "(expected YYMM.NNNNN, or an old-style id such as hep-th/9901001)"
+    )
+
+
+def arxiv_year(value: str) -> int:
+    """The year of the first version, encoded in a valid identifier's YYMM."""
+    match = NEW_ARXIV.match(value) or OLD_ARXIV.match(value)
+    yy = int(match["yy"])
+    return 1900 + yy if yy >= 90 else 2000 + yy
+
+
+def unversioned_arxiv(value: str) -> str:
+    return re.sub(r"v[1-9]\d*$", "", value.strip())
+
+
+def doi_problem(value: str) -> str | None:
+    if value.lower().startswith(("http", "doi:")):
+        return f"doi: write the bare DOI, not {value!r} (e.g. \"10.1162/neco.1991.3.1.79\")"
+    if not DOI.match(value):
+        return f"doi: {value!r} is not a DOI (expected 10.NNNN/suffix)"
+    return None
+
+
+def url_problem(field: str, value: str) -> str | None:
+    if not URL.match(value):
+        return f"{field}: {value!r} is not an http(s) URL (only http:// and https:// links are allowed)"
+    return None
+
+
+def normalized_title(title: str) -> str:
+    """Casefolded letters and digits only, accents and LaTeX braces removed.
+
+    "ST-MoE: Designing {Stable} ..." and "ST-MOE: DESIGNING STABLE ..." compare equal.
+    """
+    text = unicodedata.normalize("NFKD", title)
+    text = "".join(ch for ch in text if not unicodedata.combining(ch))
+    text = re.sub(r"\\[a-zA-Z]+|[{}$]", "", text).casefold()
+    return " ".join(re.sub(r"[^0-9a-z]+", " ", text).split())

@@ -1,0 +1,88 @@
+"""Load the knowledge base from disk: taxonomy, papers and notebooks, validated as a whole."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from moekb.errors import MoekbError, Problem
+from moekb.model import KnowledgeBase, Paper, Taxonomy
+from moekb.source import Document, read_document
+from moekb.validate import build_taxonomy, check_corpus, check_paper
+
+TAXONOMY_FILES = ("perspectives.yaml", "gaps.yaml", "vocabularies.yaml")
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The nearest folder at or above ``start`` (default: the working directory) with a taxonomy."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "taxonomy" / "perspectives.yaml").is_file():
+            return folder
+    raise MoekbError(Problem(str(here), 0, "not inside a moekb project (no taxonomy/perspectives.yaml above it)"))
+
+
+def relative(path: Path, root: Path) -> str:
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def load_taxonomy(root: Path) -> Taxonomy:
+    problems: list[Problem] = []
+    docs = []
+    for name in TAXONOMY_FILES:
+        try:
+            docs.append(read_document(root / "taxonomy" / name, f"taxonomy/{name}"))
+        except MoekbError as err:
+            problems += err.problems
+    if problems:
+        raise MoekbError(problems)
+    taxonomy, problems = build_taxonomy(*docs)
+    if problems:
+        raise MoekbError(problems)
+    return taxonomy
+
+
+def paper_files(papers_dir: Path) -> list[Path]:
+    """Every ``*.yaml`` in the folder; a ``.yml`` or other stray file is reported, not ignored."""
+    return sorted(p for p in papers_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def load_papers(taxonomy: Taxonomy, papers_dir: Path, root: Path) -> tuple[list[Paper], dict[str, Document], list[Problem]]:
+    papers, docs, problems = [], {}, []
+    if not papers_dir.is_dir():
+        return [], {}, [Problem(relative(papers_dir, root), 0, "the papers folder does not exist")]
+    for file in paper_files(papers_dir):
+        path = relative(file, root)
+        if file.suffix != ".yaml":
+            problems.append(Problem(path, 0, "papers/ holds only <id>.yaml files (rename it to .yaml or move it)"))
+            continue
+        try:
+            doc = read_document(file, path)
+        except MoekbError as err:
+            problems += err.problems
+            continue
+        paper, found = check_paper(doc, taxonomy, file.stem)
+        problems += found
+        if paper is not None:
+            papers.append(paper)
+            docs[path] = doc
+    return papers, docs, problems
+
+
+def load_knowledge_base(root: Path | None = None, papers_dir: Path | None = None) -> KnowledgeBase:
+    """Load and validate everything, raising :class:`MoekbError` with every problem found.
+
+    ``papers_dir`` defaults to ``<root>/papers``; pass another folder to build a synthetic corpus.
+    """
+    root = project_root(root)
+    taxonomy = load_taxonomy(root)
+    papers, docs, problems = load_papers(taxonomy, papers_dir or root / "papers", root)
+    problems += check_corpus(papers, docs)
+    if problems:
+        raise MoekbError(problems)
+    notebooks = {
+        file.name: file.read_text(encoding="utf-8") for file in sorted((root / "notebooks").glob("*.ipynb"))
+    }
+    return KnowledgeBase(taxonomy=taxonomy, papers=sorted(papers, key=lambda p: p.id), notebooks=notebooks)

@@ -1,0 +1,68 @@
+"""The one place where contributor text becomes page text: every page writer goes through here.
+
+Python-Markdown passes raw HTML through and turns ``[x](javascript:...)`` into a live link, so
+text from YAML is HTML-escaped first and then every Markdown-active character is
+backslash-escaped. Bidirectional overrides and invisible characters are shown as their code
+points, so a title cannot reorder or hide the text around it. Only http(s) URLs become links.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+
+MARKDOWN_ACTIVE = re.compile(r"([\\`*_{}\[\]()#+\-.!|])")  # Python-Markdown's escapable set, plus tables' |
+# Explicit directional formatting and invisible characters that change how neighbouring text reads.
+HIDDEN = re.compile("[\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
+SAFE_URL = re.compile(r"^https?://[^\s<>\"'`]+$", re.IGNORECASE)
+LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9 _-]")
+
+
+def reveal_hidden(text: str) -> str:
+    return HIDDEN.sub(lambda m: f"[U+{ord(m.group()):04X}]", text)
+
+
+def md(text: str) -> str:
+    """Contributor text as inert Markdown: one line, HTML-escaped, Markdown syntax escaped."""
+    one_line = " ".join(reveal_hidden(str(text)).split())
+    return MARKDOWN_ACTIVE.sub(r"\\\1", html.escape(one_line, quote=True))
+
+
+def safe_url(url: str | None) -> str | None:
+    """The URL if it is plain http(s), else None; parentheses are percent-encoded for Markdown."""
+    if not url or not SAFE_URL.match(url):
+        return None
+    return url.replace("(", "%28").replace(")", "%29").replace(" ", "%20")
+
+
+def link(label: str, url: str | None) -> str:
+    """An external Markdown link with escaped label, or just the label when the URL is not http(s)."""
+    target = safe_url(url)
+    return f"[{md(label)}]({target})" if target else md(label)
+
+
+def fence(code: str, language: str = "") -> str:
+    """A fenced code block that no backtick run inside ``code`` can close."""
+    longest = max((len(run) for run in re.findall(r"`+", code)), default=0)
+    ticks = "`" * max(3, longest + 1)
+    return f"{ticks}{language}\n{code.rstrip()}\n{ticks}"
+
+
+def mermaid_label(text: str) -> str:
+    """Mermaid labels from a safe alphabet only: Mermaid parses its own markup and HTML in labels."""
+    return LABEL_UNSAFE.sub(" ", text).strip() or "untitled"
+
+
+def json_for_script(value: object) -> str:
+    """JSON that can sit inside <script> without ending it (``</script>``) or opening a comment."""
+    text = json.dumps(value, ensure_ascii=True, sort_keys=True)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def table(header: list[str], rows: list[list[str]], attrs: str = "") -> str:
+    """A Markdown table whose cells are already escaped; ``attrs`` go to a wrapping div."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell or " " for cell in row) + " |" for row in rows]
+    body = "\n".join(lines)
+    return f'<div {attrs} markdown="1">\n\n{body}\n\n</div>' if attrs else body

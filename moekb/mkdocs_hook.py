@@ -1,0 +1,24 @@
+"""mkdocs hook: regenerate ``docs/generated/`` before every build, including ``mkdocs serve``
+rebuilds after a YAML edit. An invalid knowledge base aborts the build with the file:line list
+and leaves the previous output (and the site being served) as it was."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from mkdocs.exceptions import PluginError
+
+from moekb.build import build
+from moekb.errors import MoekbError
+
+log = logging.getLogger("mkdocs.moekb")
+
+
+def on_pre_build(config, **kwargs) -> None:
+    root = Path(config.config_file_path).resolve().parent
+    try:
+        kb, written, removed = build(root)
+    except MoekbError as err:
+        raise PluginError(f"moekb: the knowledge base has {len(err.problems)} problem(s):\n{err}") from None
+    log.info("moekb: %d papers; %d generated files written, %d removed", len(kb.papers), written, removed)

@@ -1,0 +1,47 @@
+"""The JSON Schema of a paper entry, for editors (yaml-language-server) and check-jsonschema.
+
+It is pydantic's schema of :class:`~moekb.model.Paper` with the taxonomy's vocabularies filled in
+as enums and the identifier patterns added; ``moekb validate`` remains the authoritative check
+(it also knows lines, cross-entry rules and which sub-category belongs to which perspective).
+"""
+
+from __future__ import annotations
+
+from moekb.model import Paper, Taxonomy
+
+SCHEMA_PATH = "schema/paper.schema.json"
+MODELINE = f"# yaml-language-server: $schema=../{SCHEMA_PATH}"
+
+
+def paper_schema(taxonomy: Taxonomy) -> dict:
+    schema = Paper.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "moekb paper entry"
+    props = schema["properties"]
+
+    def restrict(name: str, values: list[str]) -> None:
+        target = props[name]
+        if target.get("type") == "array":
+            target["items"] = {"type": "string", "enum": values}
+        elif "anyOf" in target:
+            target["anyOf"] = [{"type": "string", "enum": values}, {"type": "null"}]
+        else:
+            target["enum"] = values
+            target.pop("minLength", None)
+            target.pop("pattern", None)
+
+    restrict("perspective", [p.id for p in taxonomy.perspectives])
+    restrict("subcategory", list(taxonomy.subcategory))
+    restrict("modalities", list(taxonomy.modality))
+    restrict("gaps", list(taxonomy.gap))
+    restrict("venue", sorted({s for v in taxonomy.vocabularies.venues for s in [v.id, *v.aliases]}))
+    restrict("bibtex_type", [k.id for k in taxonomy.vocabularies.entry_kinds])
+    props["id"]["pattern"] = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
+    props["arxiv"]["anyOf"][0]["pattern"] = r"^(\d{4}\.\d{4,5}|[a-z]+(-[a-z]+)?(\.[A-Z]{2})?/\d{7})(v[1-9]\d*)?$"
+    props["doi"]["anyOf"][0]["pattern"] = r"^10\.\d{4,9}/\S+$"
+    for name in ("url", "code"):
+        props[name]["anyOf"][0]["pattern"] = r"^https?://\S+$"
+    props["verified_from"]["items"]["pattern"] = r"^https?://\S+$"
+    props["added"] = {"type": "string", "format": "date", "description": props["added"].get("description", "")}
+    schema["anyOf"] = [{"required": ["arxiv"]}, {"required": ["doi"]}, {"required": ["url"]}]
+    return schema

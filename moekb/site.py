@@ -1,0 +1,315 @@
+"""The documentation generator: a pure function from a :class:`KnowledgeBase` to files.
+
+``render_site(kb)`` returns ``{relative path: text}`` for everything under ``docs/generated/``;
+nothing here touches the disk or mkdocs, so every page can be tested on its own. All contributor
+text goes through :mod:`moekb.markup`. Per-paper pages stay out of the global navigation (index
+pages list them), so building one page does not cost more as the corpus grows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import posixpath
+from collections import Counter
+
+from moekb import markup
+from moekb.bib import bibtex
+from moekb.markup import md
+from moekb.model import KnowledgeBase, Paper, Perspective, Subcategory
+
+HOME_SNIPPET = "snippets/home.md"
+LATEST = 10
+DIAGRAM_PAPERS_PER_SUBCATEGORY = 8
+
+
+def paper_path(paper_id: str) -> str:
+    return f"papers/{paper_id}.md"
+
+
+def perspective_path(perspective_id: str) -> str:
+    return f"taxonomy/{perspective_id}/index.md"
+
+
+def subcategory_path(perspective_id: str, subcategory_id: str) -> str:
+    return f"taxonomy/{perspective_id}/{subcategory_id}.md"
+
+
+def gap_path(gap_id: str) -> str:
+    return f"gaps/{gap_id}.md"
+
+
+def code_path(module: str) -> str:
+    return f"code/{posixpath.splitext(posixpath.basename(module))[0]}.md"
+
+
+def notebook_path(notebook: str) -> str:
+    return f"notebooks/{posixpath.basename(notebook)}"
+
+
+def rel(source: str, target: str) -> str:
+    """The relative link from generated page ``source`` to generated file ``target``."""
+    return posixpath.relpath(target, posixpath.dirname(source) or ".")
+
+
+class SiteRenderer:
+    """Renders one knowledge base; methods return Markdown for one page each."""
+
+    def __init__(self, kb: KnowledgeBase, implementations: dict[str, str] | None = None):
+        self.kb = kb
+        self.tax = kb.taxonomy
+        self.implementations = implementations or {}
+
+    # -- small pieces ---------------------------------------------------------------------
+    def paper_link(self, source: str, paper: Paper) -> str:
+        return f"[{md(paper.title)}]({rel(source, paper_path(paper.id))})"
+
+    def subcategory_link(self, source: str, paper: Paper) -> str:
+        perspective, sub = self.tax.subcategory[paper.subcategory]
+        return f"[{md(sub.name)}]({rel(source, subcategory_path(perspective.id, sub.id))})"
+
+    def venue(self, paper: Paper) -> str:
+        return md(paper.venue) if paper.venue else "preprint"
+
+    def papers_table(self, source: str, papers: list[Paper], *, columns=("year", "venue", "modalities")) -> str:
+        if not papers:
+            return "_No papers yet._"
+        header = ["Paper", *[c.capitalize() for c in columns]]
+        rows = []
+        for paper in sorted(papers, key=lambda p: (-p.year, p.title.casefold())):
+            cells = {
+                "year": str(paper.year),
+                "venue": self.venue(paper),
+                "modalities": ", ".join(md(m) for m in paper.modalities),
+                "perspective": md(self.tax.perspective[paper.perspective].id),
+                "sub-category": self.subcategory_link(source, paper),
+            }
+            rows.append([self.paper_link(source, paper), *[cells[c] for c in columns]])
+        return markup.table(header, rows, attrs='class="moekb-table"')
+
+    def implementation_links(self, source: str, owner: Perspective | Subcategory) -> list[str]:
+        lines = []
+        module = getattr(owner, "reference_impl", None)
+        if module and module in self.implementations:
+            lines.append(f"- Reference implementation: [`{md(module)}`]({rel(source, code_path(module))})")
+        notebook = getattr(owner, "notebook", None)
+        if notebook and posixpath.basename(notebook) in self.kb.notebooks:
+            lines.append(f"- Notebook: [`{md(notebook)}`]({rel(source, notebook_path(notebook))})")
+        return lines
+
+    # -- pages ----------------------------------------------------------------------------
+    def home_snippet(self) -> str:
+        prefix = "generated/"  # the snippet is included into docs/index.md, so links resolve from there
+        lines = ["| Perspective | Sub-categories | Papers |", "|---|---|---|"]
+        for perspective in self.tax.perspectives:
+            count = len(self.kb.in_perspective(perspective.id))
+            lines.append(f"| [{md(perspective.name)}]({prefix}{perspective_path(perspective.id)}) | "
+                         f"{len(perspective.subcategories)} | {count} |")
+        lines.append(f"| **All** | {len(self.tax.subcategory)} | **{len(self.kb.papers)}** |")
+        latest = sorted(self.kb.papers, key=lambda p: (p.added or dt.date(p.year, 1, 1), p.id), reverse=True)[:LATEST]
+        lines += ["", "### Latest additions", ""]
+        for paper in latest:
+            added = f" (added {paper.added.isoformat()})" if paper.added else ""
+            lines.append(f"- [{md(paper.title)}]({prefix}{paper_path(paper.id)}), {paper.year}{added}")
+        return "\n".join(lines) + "\n"
+
+    def taxonomy_index(self) -> str:
+        source = "taxonomy/index.md"
+        diagram = ["flowchart LR", '  root["Multimodal MoE"]']
+        for i, perspective in enumerate(self.tax.perspectives):
+            count = len(self.kb.in_perspective(perspective.id))
+            diagram.append(f'  root --> P{i}["{markup.mermaid_label(perspective.name)} {count}"]')
+            for j, sub in enumerate(perspective.subcategories):
+                n = len(self.kb.in_subcategory(sub.id))
+                diagram.append(f'  P{i} --> P{i}S{j}["{markup.mermaid_label(sub.name)} {n}"]')
+        out = ["# Taxonomy", "",
+               "The survey (arXiv [2605.27431](https://arxiv.org/abs/2605.27431)) looks at multimodal MoE from three "
+               "perspectives; a fourth section, *foundations*, holds the sparse-MoE papers they build on. "
+               "Numbers are papers in this knowledge base.", "",
+               markup.fence("\n".join(diagram), "mermaid"), ""]
+        for perspective in self.tax.perspectives:
+            out += [f"## [{md(perspective.name)}]({rel(source, perspective_path(perspective.id))})", "",
+                    f"> {md(perspective.definition)}", ""]
+            for sub in perspective.subcategories:
+                n = len(self.kb.in_subcategory(sub.id))
+                out.append(f"- [{md(sub.name)}]({rel(source, subcategory_path(perspective.id, sub.id))}): {n} papers")
+            out.append("")
+        return "\n".join(out)
+
+    def perspective_page(self, perspective: Perspective) -> str:
+        source = perspective_path(perspective.id)
+        quote = "Definition quoted from the survey's abstract" if not perspective.background else "Scope"
+        out = [f"# {md(perspective.name)}", "", f"> {md(perspective.definition)}", ">",
+               f"> <small>{quote}.</small>", "", md(perspective.description), ""]
+        links = self.implementation_links(source, perspective)
+        if links:
+            out += ["## Run it", "", *links, ""]
+        diagram = ["flowchart LR", f'  P["{markup.mermaid_label(perspective.name)}"]']
+        for j, sub in enumerate(perspective.subcategories):
+            diagram.append(f'  P --> S{j}["{markup.mermaid_label(sub.name)}"]')
+            papers = sorted(self.kb.in_subcategory(sub.id), key=lambda p: (-p.year, p.id))
+            for k, paper in enumerate(papers[:DIAGRAM_PAPERS_PER_SUBCATEGORY]):
+                diagram.append(f'  S{j} --> S{j}P{k}["{markup.mermaid_label(paper.id)}"]')
+            if len(papers) > DIAGRAM_PAPERS_PER_SUBCATEGORY:
+                diagram.append(f'  S{j} --> S{j}more["{len(papers) - DIAGRAM_PAPERS_PER_SUBCATEGORY} more"]')
+        out += [markup.fence("\n".join(diagram), "mermaid"), ""]
+        for sub in perspective.subcategories:
+            papers = self.kb.in_subcategory(sub.id)
+            out += [f"## [{md(sub.name)}]({rel(source, subcategory_path(perspective.id, sub.id))})", "",
+                    md(sub.description), "", self.papers_table(source, papers), ""]
+        return "\n".join(out)
+
+    def subcategory_page(self, perspective: Perspective, sub: Subcategory) -> str:
+        source = subcategory_path(perspective.id, sub.id)
+        papers = self.kb.in_subcategory(sub.id)
+        out = [f"# {md(sub.name)}", "",
+               f"Part of [{md(perspective.name)}]({rel(source, perspective_path(perspective.id))}).", "",
+               md(sub.description), ""]
+        if sub.source:
+            out += [f"<small>Source of this sub-category: {md(sub.source)}</small>", ""]
+        links = self.implementation_links(source, sub) or self.implementation_links(source, perspective)
+        if links:
+            out += ["## Run it", "", *links, ""]
+        gaps = Counter(g for p in papers for g in p.gaps)
+        if gaps:
+            out += ["## Research gaps addressed here", ""]
+            out += [f"- [{md(self.tax.gap[g].name)}]({rel(source, gap_path(g))}): {n}" for g, n in sorted(gaps.items())]
+            out.append("")
+        out += [f"## Papers ({len(papers)})", "", self.papers_table(source, papers), ""]
+        return "\n".join(out)
+
+    def paper_page(self, paper: Paper) -> str:
+        source = paper_path(paper.id)
+        perspective, sub = self.tax.subcategory[paper.subcategory]
+        venue = f"{md(self.tax.venue[paper.venue].name)} ({md(paper.venue)})" if paper.venue else "preprint"
+        out = [f"# {md(paper.title)}", "",
+               f"**{', '.join(md(a) for a in paper.authors)}**", "",
+               f"{paper.year} · {venue}", "",
+               "| | |", "|---|---|",
+               f"| Perspective | [{md(perspective.name)}]({rel(source, perspective_path(perspective.id))}) |",
+               f"| Sub-category | [{md(sub.name)}]({rel(source, subcategory_path(perspective.id, sub.id))}) |",
+               f"| Modalities | {', '.join(md(self.tax.modality[m].name) for m in paper.modalities)} |"]
+        if paper.gaps:
+            out.append("| Research gaps | " + ", ".join(
+                f"[{md(self.tax.gap[g].name)}]({rel(source, gap_path(g))})" for g in paper.gaps) + " |")
+        out += ["", "## Summary", "", md(paper.summary), "", "## Links", ""]
+        if paper.arxiv:
+            out.append(f"- arXiv {md(paper.arxiv)}: {markup.link('abstract', paper.arxiv_url)} · "
+                       f"{markup.link('PDF', paper.arxiv_pdf_url)}")
+        if paper.doi:
+            out.append(f"- DOI: {markup.link(paper.doi, paper.doi_url)}")
+        if paper.url:
+            out.append(f"- Web page: {markup.link(paper.url, paper.url)}")
+        if paper.code:
+            out.append(f"- Code: {markup.link(paper.code, paper.code)}")
+        cites = [self.kb.paper[i] for i in paper.cites if i in self.kb.paper]
+        cited_by = [self.kb.paper[i] for i in self.kb.cited_by[paper.id]]
+        out += ["", "## Citations within the knowledge base", "",
+                f"### Cites ({len(cites)})", ""]
+        out += [f"- {self.paper_link(source, p)} ({p.year})" for p in cites] or ["_None recorded._"]
+        out += ["", f"### Cited by ({len(cited_by)})", ""]
+        out += [f"- {self.paper_link(source, p)} ({p.year})" for p in cited_by] or ["_None in the knowledge base._"]
+        out += ["", "## BibTeX", "", markup.fence(bibtex([paper], self.tax), "bibtex"), "",
+                "## Sources", "", "Metadata checked against:", ""]
+        out += [f"- {markup.link(u, u)}" for u in paper.verified_from]
+        if paper.notes:
+            out += ["", f"!!! note \"Notes\"\n    {md(paper.notes)}"]
+        if paper.added:
+            out += ["", f"<small>Added {paper.added.isoformat()}.</small>"]
+        return "\n".join(out) + "\n"
+
+    def all_papers(self) -> str:
+        source = "papers/index.md"
+        return "\n".join([
+            "# All papers", "",
+            f"{len(self.kb.papers)} papers. Click a column header to sort; type to filter.", "",
+            '<input type="search" class="moekb-filter md-input" placeholder="Filter papers by any word" '
+            'aria-label="Filter papers">', "",
+            self.papers_table(source, self.kb.papers, columns=("year", "venue", "perspective", "sub-category", "modalities")),
+            "",
+        ])
+
+    def gaps_index(self) -> str:
+        source = "gaps/index.md"
+        perspectives = self.tax.perspectives
+        header = "| Research gap | " + " | ".join(md(p.id) for p in perspectives) + " | Total |"
+        lines = ["# Research gaps", "",
+                 "The survey names these open problems. Each cell counts the papers of a perspective tagged with "
+                 "the gap; a thin cell is where research is thin. Click a number for the papers.", "",
+                 header, "|---|" + "---:|" * (len(perspectives) + 1)]
+        for gap in self.tax.gaps:
+            cells = []
+            for p in perspectives:
+                n = sum(1 for paper in self.kb.in_perspective(p.id) if gap.id in paper.gaps)
+                cells.append(f"[{n}]({rel(source, gap_path(gap.id))}#{p.id})" if n else "0")
+            total = sum(1 for paper in self.kb.papers if gap.id in paper.gaps)
+            lines.append(f"| [{md(gap.name)}]({rel(source, gap_path(gap.id))}) | " + " | ".join(cells) + f" | {total} |")
+        lines.append("")
+        for gap in self.tax.gaps:
+            lines += [f"## {md(gap.name)}", "", md(gap.description), ""]
+        return "\n".join(lines)
+
+    def gap_page(self, gap) -> str:
+        source = gap_path(gap.id)
+        out = [f"# {md(gap.name)}", "", md(gap.description), ""]
+        for perspective in self.tax.perspectives:
+            papers = [p for p in self.kb.in_perspective(perspective.id) if gap.id in p.gaps]
+            out += [f"## {md(perspective.name)} {{#{perspective.id}}}", "", self.papers_table(source, papers), ""]
+        return "\n".join(out)
+
+    def downloads(self) -> str:
+        return "\n".join([
+            "# Downloads", "",
+            "Open exports of the whole knowledge base, regenerated on every build.", "",
+            f"- [papers.bib](papers.bib): BibTeX, one entry per paper, keyed by id ({len(self.kb.papers)} entries).",
+            "- [papers.json](papers.json): every entry with all its fields, plus the taxonomy.",
+            "- [paper.schema.json](paper.schema.json): the JSON Schema of a paper entry, for editors.",
+            "",
+        ])
+
+    def code_page(self, module: str, text: str) -> str:
+        return "\n".join([f"# `{md(module)}`", "",
+                          "The reference implementation's source, as in the repository.", "",
+                          markup.fence(text, "python"), ""])
+
+    def papers_json(self) -> str:
+        data = {
+            "papers": [p.model_dump(mode="json", exclude_none=True) for p in self.kb.papers],
+            "perspectives": [p.model_dump(mode="json", exclude_none=True) for p in self.tax.perspectives],
+            "gaps": [g.model_dump(mode="json") for g in self.tax.gaps],
+        }
+        return json.dumps(data, indent=1, ensure_ascii=False, sort_keys=True) + "\n"
+
+
+def render_site(kb: KnowledgeBase, *, implementations: dict[str, str] | None = None,
+                schema: dict | None = None) -> dict[str, str]:
+    """Every generated file, keyed by its path under ``docs/generated/``.
+
+    ``implementations`` maps a reference-implementation path (as named in the taxonomy) to its
+    source text; ``schema`` is the paper JSON Schema to publish.
+    """
+    site = SiteRenderer(kb, implementations)
+    files = {
+        HOME_SNIPPET: site.home_snippet(),
+        "taxonomy/index.md": site.taxonomy_index(),
+        "papers/index.md": site.all_papers(),
+        "gaps/index.md": site.gaps_index(),
+        "downloads/index.md": site.downloads(),
+        "downloads/papers.bib": bibtex(kb.papers, kb.taxonomy),
+        "downloads/papers.json": site.papers_json(),
+    }
+    if schema is not None:
+        files["downloads/paper.schema.json"] = json.dumps(schema, indent=2) + "\n"
+    for perspective in kb.taxonomy.perspectives:
+        files[perspective_path(perspective.id)] = site.perspective_page(perspective)
+        for sub in perspective.subcategories:
+            files[subcategory_path(perspective.id, sub.id)] = site.subcategory_page(perspective, sub)
+    for gap in kb.taxonomy.gaps:
+        files[gap_path(gap.id)] = site.gap_page(gap)
+    for paper in kb.papers:
+        files[paper_path(paper.id)] = site.paper_page(paper)
+    for module, text in sorted(site.implementations.items()):
+        files[code_path(module)] = site.code_page(module, text)
+    for name, text in kb.notebooks.items():
+        files[notebook_path(name)] = text
+    return files

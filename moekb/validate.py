@@ -1,0 +1,239 @@
+"""Every rule a paper entry and the taxonomy must satisfy, reported all at once as file:line.
+
+Structure and types come from the pydantic models in :mod:`moekb.model`; the rules here are the
+ones a schema cannot express: controlled vocabularies, identifier syntax, dates, and uniqueness
+across entries. Each rule reports against the line of the value it is about.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+from collections import defaultdict
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from moekb import identifiers
+from moekb.errors import Problem
+from moekb.model import Paper, Perspective, Gap, Taxonomy, Vocabularies
+from moekb.source import Document
+
+M = TypeVar("M")
+
+FIRST_YEAR = 1990
+
+
+def next_year() -> int:
+    return dt.date.today().year + 1
+
+
+def describe_type(value: Any) -> str:
+    return {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "a mapping",
+            type(None): "nothing (null)", str: "a string"}.get(type(value), type(value).__name__)
+
+
+def structural_problems(doc: Document, exc: ValidationError, fields: list[str], prefix: tuple = ()) -> list[Problem]:
+    """Translate pydantic's errors into sentences a contributor understands, with lines."""
+    problems = []
+    for err in exc.errors():
+        loc = prefix + tuple(err["loc"])
+        name = ".".join(str(part) for part in err["loc"]) or "entry"
+        kind, value = err["type"], err.get("input")
+        if kind == "missing":
+            parent = loc[:-1]
+            problems.append(doc.problem(parent, f"missing required field '{loc[-1]}'"))
+            continue
+        if kind == "extra_forbidden":
+            close = difflib.get_close_matches(str(loc[-1]), fields, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (allowed: {', '.join(fields)})"
+            hint = hint if len(err["loc"]) == 1 else ""
+            problems.append(doc.problem(loc, f"unknown field '{loc[-1]}'{hint}"))
+            continue
+        if kind in {"string_too_short", "string_pattern_mismatch"}:
+            message = f"{name}: must not be empty"
+        elif kind == "too_short":
+            message = f"{name}: must list at least one item"
+        elif kind == "string_type" and isinstance(value, (int, float)) and name == "arxiv":
+            message = (f"arxiv: must be a quoted string: unquoted, YAML reads it as the number {value!r} "
+                       f"(and drops trailing zeros); write arxiv: \"...\" in quotes")
+        elif kind == "string_type":
+            message = f"{name}: expected a string, got {describe_type(value)}"
+        elif kind in {"int_type", "int_parsing", "int_from_float"}:
+            message = f"{name}: expected a whole number, got {describe_type(value)}"
+        elif kind == "list_type":
+            message = f"{name}: expected a list, got {describe_type(value)}"
+        elif kind in {"bool_type", "bool_parsing"}:
+            message = f"{name}: expected true or false, got {describe_type(value)}"
+        elif kind.startswith("date") or kind.startswith("datetime"):
+            message = f"{name}: expected a date written YYYY-MM-DD"
+        elif kind in {"model_type", "dict_type"}:
+            message = f"{name}: expected a mapping of fields, got {describe_type(value)}"
+        else:
+            message = f"{name}: {err['msg']}"
+        problems.append(doc.problem(loc, message))
+    return problems
+
+
+def build(doc: Document, adapter: TypeAdapter, fields: list[str], prefix: tuple = ()) -> tuple[Any, list[Problem]]:
+    value = doc.data
+    for key in prefix:
+        value = value[key]
+    try:
+        return adapter.validate_python(value), []
+    except ValidationError as exc:
+        return None, structural_problems(doc, exc, fields, prefix)
+
+
+def build_taxonomy(perspectives: Document, gaps: Document, vocabularies: Document) -> tuple[Taxonomy | None, list[Problem]]:
+    """The taxonomy from its three files, with every structural and uniqueness problem."""
+    parsed = {}
+    problems: list[Problem] = []
+    for name, doc, adapter, model in (
+        ("perspectives", perspectives, TypeAdapter(list[Perspective]), Perspective),
+        ("gaps", gaps, TypeAdapter(list[Gap]), Gap),
+        ("vocabularies", vocabularies, TypeAdapter(Vocabularies), Vocabularies),
+    ):
+        parsed[name], found = build(doc, adapter, list(model.model_fields))
+        problems += found
+    if problems:
+        return None, problems
+    taxonomy = Taxonomy(parsed["perspectives"], parsed["gaps"], parsed["vocabularies"])
+    seen: dict[str, tuple] = {}
+    for i, perspective in enumerate(taxonomy.perspectives):
+        for kind, ident, loc in [("perspective", perspective.id, (i, "id"))] + [
+            ("sub-category", sub.id, (i, "subcategories", j, "id")) for j, sub in enumerate(perspective.subcategories)
+        ]:
+            if not identifiers.SLUG.match(ident):
+                problems.append(perspectives.problem(loc, f"{kind} id {ident!r} must be a lowercase slug"))
+            if ident in seen:
+                problems.append(perspectives.problem(loc, f"{kind} id '{ident}' is used twice (first at line {seen[ident]})"))
+            seen.setdefault(ident, perspectives.line(loc))
+    for doc, items, label in ((gaps, taxonomy.gaps, "gap"),):
+        ids = [g.id for g in items]
+        for i, ident in enumerate(ids):
+            if ids.index(ident) != i:
+                problems.append(doc.problem((i, "id"), f"{label} id '{ident}' is used twice"))
+    for key, terms in (("modalities", taxonomy.vocabularies.modalities), ("venues", taxonomy.vocabularies.venues),
+                       ("entry_kinds", taxonomy.vocabularies.entry_kinds)):
+        spellings: dict[str, int] = {}
+        for i, term in enumerate(terms):
+            for spelling in [term.id, *term.aliases]:
+                if spelling.casefold() in spellings:
+                    problems.append(vocabularies.problem((key, i), f"{key}: '{spelling}' is listed twice"))
+                spellings[spelling.casefold()] = i
+    return (None if problems else taxonomy), problems
+
+
+PAPER_FIELDS = list(Paper.model_fields)
+PAPER_ADAPTER = TypeAdapter(Paper)
+
+
+def unknown(doc: Document, loc: tuple, kind: str, value: str, allowed: list[str]) -> Problem:
+    close = difflib.get_close_matches(value, allowed, n=1)
+    hint = f"did you mean '{close[0]}'?" if close else f"allowed: {', '.join(allowed)}"
+    return doc.problem(loc, f"unknown {kind} '{value}' ({hint})")
+
+
+def check_paper(doc: Document, taxonomy: Taxonomy, file_stem: str) -> tuple[Paper | None, list[Problem]]:
+    """One entry on its own: structure, vocabularies, identifiers, years. Returns the paper with
+    its venue spelled canonically, or None when the entry has problems."""
+    if not isinstance(doc.data, dict):
+        what = "empty" if doc.data is None else describe_type(doc.data)
+        return None, [Problem(doc.path, 1, f"a paper entry must be a mapping of fields, but the file is {what}")]
+    paper, problems = build(doc, PAPER_ADAPTER, PAPER_FIELDS)
+    if paper is None:
+        return None, problems
+
+    if not identifiers.SLUG.match(paper.id):
+        problems.append(doc.problem(("id",), f"id {paper.id!r} must be a lowercase slug of a-z, 0-9 and '-' (e.g. mustafa2022limoe)"))
+    if paper.id != file_stem:
+        problems.append(doc.problem(("id",), f"id '{paper.id}' differs from the file name '{file_stem}.yaml': they must be equal"))
+
+    if paper.perspective not in taxonomy.perspective:
+        problems.append(unknown(doc, ("perspective",), "perspective", paper.perspective, list(taxonomy.perspective)))
+    if paper.subcategory not in taxonomy.subcategory:
+        problems.append(unknown(doc, ("subcategory",), "sub-category", paper.subcategory, list(taxonomy.subcategory)))
+    elif paper.perspective in taxonomy.perspective and taxonomy.subcategory[paper.subcategory][0].id != paper.perspective:
+        owner = taxonomy.subcategory[paper.subcategory][0].id
+        allowed = ", ".join(s.id for s in taxonomy.perspective[paper.perspective].subcategories)
+        problems.append(doc.problem(("subcategory",), f"sub-category '{paper.subcategory}' belongs to perspective "
+                                    f"'{owner}', not '{paper.perspective}' (its sub-categories: {allowed})"))
+    for key, vocabulary, kind in (("modalities", taxonomy.modality, "modality"), ("gaps", taxonomy.gap, "research gap")):
+        values = getattr(paper, key)
+        for i, value in enumerate(values):
+            if value not in vocabulary:
+                problems.append(unknown(doc, (key, i), kind, value, list(vocabulary)))
+            elif values.index(value) != i:
+                problems.append(doc.problem((key, i), f"{key}: '{value}' is listed twice"))
+    canonical_venue = None
+    if paper.venue is not None:
+        canonical_venue = taxonomy.vocabularies.venue_ids.get(paper.venue.casefold())
+        if canonical_venue is None:
+            problems.append(unknown(doc, ("venue",), "venue", paper.venue, list(taxonomy.venue)))
+    kinds = [k.id for k in taxonomy.vocabularies.entry_kinds]
+    if paper.bibtex_type is not None and paper.bibtex_type not in kinds:
+        problems.append(unknown(doc, ("bibtex_type",), "bibtex_type", paper.bibtex_type, kinds))
+
+    if not (paper.arxiv or paper.doi or paper.url):
+        problems.append(doc.problem(("id",), "an entry needs at least one identifier: arxiv, doi or url"))
+    checks = [("arxiv", paper.arxiv and identifiers.arxiv_problem(paper.arxiv)),
+              ("doi", paper.doi and identifiers.doi_problem(paper.doi)),
+              ("url", paper.url and identifiers.url_problem("url", paper.url)),
+              ("code", paper.code and identifiers.url_problem("code", paper.code))]
+    checks += [(("verified_from", i), identifiers.url_problem("verified_from", u)) for i, u in enumerate(paper.verified_from)]
+    for key, message in checks:
+        if message:
+            problems.append(doc.problem(key if isinstance(key, tuple) else (key,), message))
+
+    if not FIRST_YEAR <= paper.year <= next_year():
+        problems.append(doc.problem(("year",), f"year {paper.year} is outside {FIRST_YEAR}..{next_year()}"))
+    elif paper.arxiv and not identifiers.arxiv_problem(paper.arxiv):
+        first = identifiers.arxiv_year(paper.arxiv)
+        if paper.year < first:
+            problems.append(doc.problem(("year",), f"year {paper.year} is earlier than {first}, the year of "
+                                        f"its arXiv identifier {paper.arxiv}"))
+    for i, target in enumerate(paper.cites):
+        if target == paper.id:
+            problems.append(doc.problem(("cites", i), f"cites: an entry cannot cite itself ('{target}')"))
+        elif paper.cites.index(target) != i:
+            problems.append(doc.problem(("cites", i), f"cites: '{target}' is listed twice"))
+    if problems:
+        return None, problems
+    if canonical_venue != paper.venue:
+        paper = paper.model_copy(update={"venue": canonical_venue})
+    paper._path = doc.path
+    return paper, []
+
+
+def check_corpus(papers: list[Paper], docs: dict[str, Document]) -> list[Problem]:
+    """Rules across entries: unique ids, identifiers and titles; citations that resolve.
+
+    ``docs`` maps each paper's path to its document, for line numbers."""
+    problems = []
+    groups: dict[tuple[str, str], list[Paper]] = defaultdict(list)
+    for paper in papers:
+        groups[("id", paper.id)].append(paper)
+        groups[("title", identifiers.normalized_title(paper.title))].append(paper)
+        if paper.arxiv:
+            groups[("arxiv", identifiers.unversioned_arxiv(paper.arxiv))].append(paper)
+        if paper.doi:
+            groups[("doi", paper.doi.casefold())].append(paper)
+    for (kind, value), members in sorted(groups.items()):
+        if len(members) < 2:
+            continue
+        for paper in members[1:]:
+            first = members[0]
+            field = {"title": "title", "id": "id", "arxiv": "arxiv", "doi": "doi"}[kind]
+            what = {"title": "the same title as", "id": "the same id as", "arxiv": f"arXiv id {value} is also on",
+                    "doi": f"DOI {value} is also on"}[kind]
+            problems.append(docs[paper.path].problem((field,), f"{what} {first.path}:{docs[first.path].line((field,))}"
+                                                     + (f" ('{first.title}')" if kind == "title" else "")))
+    known = {p.id for p in papers}
+    for paper in papers:
+        for i, target in enumerate(paper.cites):
+            if target not in known:
+                close = difflib.get_close_matches(target, sorted(known), n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                problems.append(docs[paper.path].problem(("cites", i), f"cites: no entry has the id '{target}'{hint}"))
+    return problems
