@@ -1,0 +1,112 @@
+"""Validation: every error kind is reported with its file, line and exact message, exit code 1."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from moekb.cli import main
+from moekb.errors import MoekbError
+from moekb.load import load_knowledge_base
+
+HERE = Path(__file__).parent
+ROOT = HERE.parents[1]
+CASES = sorted(p.name for p in (HERE / "bad_entries").iterdir() if p.is_dir())
+VALID = (HERE / "bad_entries" / "cites-self" / "lovelace2024test.yaml").read_text().replace(
+    "cites: [lovelace2024test]", "cites: []")
+
+
+def case_files(case: str) -> dict[str, bytes]:
+    folder = HERE / "bad_entries" / case
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.name != "expected.txt"}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_entry_is_reported_with_file_line_and_message(case, make_project, capsys):
+    project = make_project(case_files(case))
+    expected = (HERE / "bad_entries" / case / "expected.txt").read_text().splitlines()
+    assert expected, f"{case}: expected.txt is empty"
+
+    code = main(["--root", str(project), "validate"])
+
+    err = capsys.readouterr().err.splitlines()
+    assert code == 1
+    assert err[:-1] == expected
+    assert err[-1] == f"{len(expected)} problem(s) found"
+    assert "Traceback" not in "\n".join(err)
+
+
+def test_every_case_folder_has_expected_output():
+    assert len(CASES) >= 30
+    for case in CASES:
+        assert (HERE / "bad_entries" / case / "expected.txt").is_file(), case
+
+
+def test_the_valid_template_passes(make_project, capsys):
+    project = make_project({"lovelace2024test.yaml": VALID})
+    assert main(["--root", str(project), "validate"]) == 0
+    assert "ok: 1 papers" in capsys.readouterr().out
+
+
+def test_all_problems_are_collected_not_just_the_first(make_project):
+    broken = VALID.replace("perspective: engine", "perspective: enigne").replace(
+        "modalities: [image, text]", "modalities: [smell]").replace("year: 2024", "year: 1800")
+    project = make_project({"lovelace2024test.yaml": broken, "other.yml": "x: 1\n",
+                            "turing2024x.yaml": "id: [\n"})
+    with pytest.raises(MoekbError) as info:
+        load_knowledge_base(project)
+    lines = [str(p) for p in info.value.problems]
+    assert len(lines) == 5
+    assert any(":7: unknown perspective 'enigne'" in line for line in lines)
+    assert any(":9: unknown modality 'smell'" in line for line in lines)
+    assert any(":6: year 1800 is outside" in line for line in lines)
+    assert any(line.startswith("papers/other.yml:0:") for line in lines)
+    assert any(line.startswith("papers/turing2024x.yaml:2: YAML syntax error") for line in lines)
+
+
+def test_venue_alias_is_stored_under_its_canonical_id(make_project):
+    project = make_project({"lovelace2024test.yaml": VALID.replace("venue: NeurIPS", "venue: NIPS")})
+    kb = load_knowledge_base(project)
+    assert kb.papers[0].venue == "NeurIPS"
+
+
+def test_arxiv_version_suffix_is_accepted_and_deduplicated(make_project):
+    second = VALID.replace("lovelace2024test", "turing2024other").replace("A Test Entry", "Another").replace(
+        'arxiv: "2401.12345"', 'arxiv: "2401.12345v3"')
+    project = make_project({"lovelace2024test.yaml": VALID, "turing2024other.yaml": second})
+    with pytest.raises(MoekbError, match="arXiv id 2401.12345 is also on papers/lovelace2024test.yaml:12"):
+        load_knowledge_base(project)
+
+
+def test_old_style_arxiv_ids_are_valid(make_project):
+    old = VALID.replace('arxiv: "2401.12345"', 'arxiv: "hep-th/9901001"').replace("year: 2024", "year: 1999")
+    project = make_project({"lovelace2024test.yaml": old})
+    assert load_knowledge_base(project).papers[0].arxiv == "hep-th/9901001"
+
+
+def test_taxonomy_errors_name_the_taxonomy_file(make_project):
+    project = make_project({"lovelace2024test.yaml": VALID})
+    gaps = project / "taxonomy" / "gaps.yaml"
+    gaps.write_text(gaps.read_text() + "- id: sustainability\n  name: Again\n  description: Twice.\n")
+    with pytest.raises(MoekbError, match=r"taxonomy/gaps.yaml:\d+: gap id 'sustainability' is used twice"):
+        load_knowledge_base(project)
+
+
+def test_the_real_corpus_is_valid():
+    kb = load_knowledge_base(ROOT)
+    assert len(kb.papers) >= 12
+    for perspective in ("engine", "learner", "adapter"):
+        assert len(kb.in_perspective(perspective)) >= 3
+    assert all(p.verified_from for p in kb.papers)
+
+
+def test_cli_never_prints_a_traceback(make_project):
+    project = make_project({"lovelace2024test.yaml": b"\xff\xfe\x00garbage"})
+    run = subprocess.run([sys.executable, "-m", "moekb.cli", "--root", str(project), "validate"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 1
+    assert "Traceback" not in run.stderr
+    assert run.stderr.startswith("papers/lovelace2024test.yaml:1: the file is not valid UTF-8")
