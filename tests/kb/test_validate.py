@@ -110,3 +110,8 @@ def test_cli_never_prints_a_traceback(make_project):
     assert run.returncode == 1
     assert "Traceback" not in run.stderr
     assert run.stderr.startswith("papers/lovelace2024test.yaml:1: the file is not valid UTF-8")
+
+
+def test_committed_json_schema_is_up_to_date(capsys):
+    assert main(["--root", str(ROOT), "schema", "-"]) == 0
+    assert capsys.readouterr().out == (ROOT / "schema" / "paper.schema.json").read_text()
