@@ -78,8 +78,11 @@ def load_knowledge_base(root: Path | None = None, papers_dir: Path | None = None
     """
     root = project_root(root)
     taxonomy = load_taxonomy(root)
-    papers, docs, problems = load_papers(taxonomy, papers_dir or root / "papers", root)
-    problems += check_corpus(papers, docs)
+    papers_dir = papers_dir or root / "papers"
+    papers, docs, problems = load_papers(taxonomy, papers_dir, root)
+    # Ids of entries that failed their own checks still count as known, so one broken file does
+    # not also turn every citation of it into an error.
+    problems += check_corpus(papers, docs, also_known={f.stem for f in paper_files(papers_dir)} if papers_dir.is_dir() else set())
     if problems:
         raise MoekbError(problems)
     notebooks = {

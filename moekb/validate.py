@@ -206,10 +206,11 @@ def check_paper(doc: Document, taxonomy: Taxonomy, file_stem: str) -> tuple[Pape
     return paper, []
 
 
-def check_corpus(papers: list[Paper], docs: dict[str, Document]) -> list[Problem]:
+def check_corpus(papers: list[Paper], docs: dict[str, Document], also_known: set[str] = frozenset()) -> list[Problem]:
     """Rules across entries: unique ids, identifiers and titles; citations that resolve.
 
-    ``docs`` maps each paper's path to its document, for line numbers."""
+    ``docs`` maps each paper's path to its document, for line numbers; ``also_known`` are ids of
+    entries that exist but failed their own checks (citing them is not a further error)."""
     problems = []
     groups: dict[tuple[str, str], list[Paper]] = defaultdict(list)
     for paper in papers:
@@ -229,7 +230,7 @@ def check_corpus(papers: list[Paper], docs: dict[str, Document]) -> list[Problem
                     "doi": f"DOI {value} is also on"}[kind]
             problems.append(docs[paper.path].problem((field,), f"{what} {first.path}:{docs[first.path].line((field,))}"
                                                      + (f" ('{first.title}')" if kind == "title" else "")))
-    known = {p.id for p in papers}
+    known = {p.id for p in papers} | set(also_known)
     for paper in papers:
         for i, target in enumerate(paper.cites):
             if target not in known:

@@ -115,3 +115,14 @@ def test_cli_never_prints_a_traceback(make_project):
 def test_committed_json_schema_is_up_to_date(capsys):
     assert main(["--root", str(ROOT), "schema", "-"]) == 0
     assert capsys.readouterr().out == (ROOT / "schema" / "paper.schema.json").read_text()
+
+
+def test_a_broken_entry_does_not_also_break_the_entries_that_cite_it(make_project):
+    citing = VALID.replace("lovelace2024test", "turing2024other").replace("A Test Entry", "Another").replace(
+        "2401.12345", "2402.12345").replace("cites: []", "cites: [lovelace2024test]")
+    project = make_project({"lovelace2024test.yaml": VALID.replace("year: 2024", "year: soon"),
+                            "turing2024other.yaml": citing})
+    with pytest.raises(MoekbError) as info:
+        load_knowledge_base(project)
+    assert [str(p) for p in info.value.problems] == [
+        "papers/lovelace2024test.yaml:6: year: expected a whole number, got a string"]
