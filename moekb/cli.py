@@ -72,6 +72,15 @@ def cmd_schema(args) -> int:
     return 0
 
 
+def cmd_synth(args) -> int:
+    from moekb.synth import write_synthetic_corpus  # only this command needs the generator
+
+    target = write_synthetic_corpus(args.out, args.n, args.seed, root=args.root, force=args.force)
+    print(f"wrote {args.n} synthetic papers to {target}; build from them with "
+          f"MOEKB_PAPERS={target} mkdocs build (or moekb validate --papers {target})")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="moekb", description=__doc__.split("\n")[0])
     top.add_argument("--root", type=Path, default=None, help="project folder (default: found from the working directory)")
@@ -92,6 +101,12 @@ def parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("schema", help=f"write the paper JSON Schema (default {SCHEMA_PATH}; '-' for stdout)")
     schema.add_argument("output", nargs="?", default=None)
     schema.set_defaults(func=cmd_schema)
+    synth = sub.add_parser("synth", help="write N synthetic but valid papers into an empty folder (never papers/), for benchmarks")
+    synth.add_argument("--n", type=int, required=True, help="number of papers")
+    synth.add_argument("--out", type=Path, required=True, help="folder to write <id>.yaml files into")
+    synth.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same files")
+    synth.add_argument("--force", action="store_true", help="replace the *.yaml files of a non-empty folder")
+    synth.set_defaults(func=cmd_synth)
     return top
 
 
