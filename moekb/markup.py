@@ -17,6 +17,7 @@ MARKDOWN_ACTIVE = re.compile(r"([\\`*_{}\[\]()#+\-.!|])")  # Python-Markdown's e
 HIDDEN = re.compile("[\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
 SAFE_URL = re.compile(r"^https?://[^\s<>\"'`]+$", re.IGNORECASE)
 LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9 _-]")
+JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')  # one string literal in json.dumps output
 
 
 def reveal_hidden(text: str) -> str:
@@ -55,9 +56,14 @@ def mermaid_label(text: str) -> str:
 
 
 def json_for_script(value: object) -> str:
-    """JSON that can sit inside <script> without ending it (``</script>``) or opening a comment."""
+    """JSON that can sit inside <script> without ending it (``</script>``) or opening a comment.
+
+    The script element sits in a Markdown page; brackets are escaped too, so the JSON holds no
+    ``[text](url)`` that Markdown could turn into a link should it ever treat the line as text.
+    """
     text = json.dumps(value, ensure_ascii=True, sort_keys=True)
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return JSON_STRING.sub(lambda m: m.group().replace("[", "\\u005b").replace("]", "\\u005d"), text)
 
 
 def table(header: list[str], rows: list[list[str]], attrs: str = "") -> str:

@@ -9,18 +9,24 @@ pages list them), so building one page does not cost more as the corpus grows.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import posixpath
 from collections import Counter
 
 from moekb import markup
-from moekb.bib import bibtex
+from moekb.bib import bibtex_entries, join_entries
+from moekb.charts import GAP_HEATMAP, PAPERS_PER_YEAR, render_charts, year_series
+from moekb.graph import LIST_SEPARATOR, citation_graph, explorer_data, graph_graphml, graph_json, summarise
 from moekb.markup import md
 from moekb.model import KnowledgeBase, Paper, Perspective, Subcategory
 
 HOME_SNIPPET = "snippets/home.md"
 LATEST = 10
 DIAGRAM_PAPERS_PER_SUBCATEGORY = 8
+NEIGHBOURS_IN_DIAGRAM = 10  # per side of a paper's citation neighbourhood diagram
+GRAPH_PAGE = "graph/index.md"
+CHARTS_PAGE = "charts/index.md"
 
 
 def paper_path(paper_id: str) -> str:
@@ -49,7 +55,15 @@ def notebook_path(notebook: str) -> str:
 
 def rel(source: str, target: str) -> str:
     """The relative link from generated page ``source`` to generated file ``target``."""
-    return posixpath.relpath(target, posixpath.dirname(source) or ".")
+    folder, name = posixpath.split(target)
+    up = relative_folder(folder, posixpath.dirname(source))
+    return name if up == "." else f"{up}/{name}"
+
+
+@functools.lru_cache(maxsize=None)
+def relative_folder(target_folder: str, source_folder: str) -> str:
+    # Thousands of pages link between a handful of folders: relpath once per pair of folders.
+    return posixpath.relpath(target_folder or ".", source_folder or ".")
 
 
 class SiteRenderer:
@@ -59,6 +73,8 @@ class SiteRenderer:
         self.kb = kb
         self.tax = kb.taxonomy
         self.implementations = implementations or {}
+        # written once for all papers: the paper pages and papers.bib show the same entries
+        self.bibtex = bibtex_entries(kb.papers, kb.taxonomy)
 
     # -- small pieces ---------------------------------------------------------------------
     def paper_link(self, source: str, paper: Paper) -> str:
@@ -209,7 +225,9 @@ class SiteRenderer:
         out += [f"- {self.paper_link(source, p)} ({p.year})" for p in cites] or ["_None recorded._"]
         out += ["", f"### Cited by ({len(cited_by)})", ""]
         out += [f"- {self.paper_link(source, p)} ({p.year})" for p in cited_by] or ["_None in the knowledge base._"]
-        out += ["", "## BibTeX", "", markup.fence(bibtex([paper], self.tax), "bibtex"), "",
+        if cites or cited_by:
+            out += ["", "### Neighbourhood", "", self.neighbourhood_diagram(paper, cites, cited_by)]
+        out += ["", "## BibTeX", "", markup.fence(self.bibtex[paper.id], "bibtex"), "",
                 "## Sources", "", "Metadata checked against:", ""]
         out += [f"- {markup.link(u, u)}" for u in paper.verified_from]
         if paper.notes:
@@ -217,6 +235,18 @@ class SiteRenderer:
         if paper.added:
             out += ["", f"<small>Added {paper.added.isoformat()}.</small>"]
         return "\n".join(out) + "\n"
+
+    def neighbourhood_diagram(self, paper: Paper, cites: list[Paper], cited_by: list[Paper]) -> str:
+        """Papers citing this one on the left, papers it cites on the right (arrows point to the cited)."""
+        label = lambda p: markup.mermaid_label(f"{p.id} {p.year}")  # noqa: E731
+        lines = ["flowchart LR", f'  P["{label(paper)}"]', "  style P stroke-width:3px"]
+        for side, papers in (("C", cited_by), ("R", cites)):
+            shown = papers[:NEIGHBOURS_IN_DIAGRAM]
+            nodes = [f'{side}{k}["{label(p)}"]' for k, p in enumerate(shown)]
+            if len(papers) > len(shown):
+                nodes.append(f'{side}more["{len(papers) - len(shown)} more"]')
+            lines += [f"  {node} --> P" if side == "C" else f"  P --> {node}" for node in nodes]
+        return markup.fence("\n".join(lines), "mermaid")
 
     def all_papers(self) -> str:
         source = "papers/index.md"
@@ -264,7 +294,65 @@ class SiteRenderer:
             f"- [papers.bib](papers.bib): BibTeX, one entry per paper, keyed by id ({len(self.kb.papers)} entries).",
             "- [papers.json](papers.json): every entry with all its fields, plus the taxonomy.",
             "- [paper.schema.json](paper.schema.json): the JSON Schema of a paper entry, for editors.",
+            "- [graph.json](graph.json): the citation graph as networkx node-link JSON "
+            '(`nx.node_link_graph(data, edges="edges")` reads it).',
+            f"- [graph.graphml](graph.graphml): the citation graph as GraphML (Gephi, Cytoscape, yEd); "
+            f"lists such as authors are joined with `{LIST_SEPARATOR.strip()}`.",
             "",
+        ])
+
+    def graph_page(self, graph) -> str:
+        """The explorer: a container the script fills, the graph inlined as JSON, and the numbers."""
+        source = GRAPH_PAGE
+        summary = summarise(graph)
+        out = ["# Citation graph", "",
+               "Every paper is a node, coloured by perspective and sized by how often it is cited within the "
+               "knowledge base; an arrow points from a paper to each paper it cites. Papers are grouped in one "
+               "disc per sub-category, the most cited in the middle. Hover over a node for its title and year, "
+               "click it to open the paper; scroll to zoom, drag to pan.", "",
+               f'<div id="moekb-explorer" class="moekb-explorer" data-papers="{summary.nodes}" '
+               f'data-citations="{summary.edges}"><noscript>The explorer needs JavaScript; the list of papers '
+               "below works without it.</noscript></div>", "",
+               f'<script type="application/json" id="moekb-graph-data">'
+               f"{markup.json_for_script(explorer_data(self.kb, graph))}</script>", "",
+               f"**{summary.nodes} papers, {summary.edges} citations, {summary.components} connected components** "
+               f"(the largest holds {summary.largest_component} papers; {summary.isolated} papers neither cite nor "
+               f"are cited within the knowledge base). Download the graph as "
+               f"[graph.json]({rel(source, 'downloads/graph.json')}) or "
+               f"[graph.graphml]({rel(source, 'downloads/graph.graphml')}).", ""]
+        if summary.cycles:
+            out += ['!!! warning "Citation cycles"', "",
+                    "    These papers cite each other in a loop; check that each `cites` entry is right:", ""]
+            out += ["    - " + " → ".join(md(i) for i in cycle) for cycle in summary.cycles]
+            out.append("")
+        out += ["## Most cited within the knowledge base", ""]
+        rows = [[self.paper_link(source, self.kb.paper[i]), str(self.kb.paper[i].year), str(n), f"{rank:.4f}"]
+                for i, n, rank in summary.most_cited]
+        out += [markup.table(["Paper", "Year", "Cited by", "PageRank"], rows, attrs='class="moekb-table"')
+                if rows else "_No citations recorded yet._", ""]
+        # The explorer opens a paper through these links, so mkdocs, not the script, decides the URLs.
+        out += ["## Papers in the graph", "", f'??? info "All {summary.nodes} papers, with what they cite"', ""]
+        for paper in self.kb.papers:
+            cites = f": cites {', '.join(md(i) for i in paper.cites)}" if paper.cites else ""
+            out.append(f'    - [{md(paper.title)}]({rel(source, paper_path(paper.id))}){{ data-moekb-paper="{paper.id}" }} '
+                       f"({paper.year}){cites}")
+        return "\n".join(out) + "\n"
+
+    def charts_page(self) -> str:
+        years, series = year_series(self.kb)
+        header = ["Year", *[md(label) for label, _, _ in series], "All"]
+        rows = [[str(year), *[str(counts[i]) for _, _, counts in series], str(sum(c[i] for _, _, c in series))]
+                for i, year in enumerate(years)]
+        return "\n".join([
+            "# Charts", "",
+            "## Papers per year, by perspective", "",
+            f"![Stacked bar chart of papers per year, coloured by perspective]({PAPERS_PER_YEAR})", "",
+            '??? info "The numbers"', "", *["    " + line for line in markup.table(header, rows).splitlines()], "",
+            "## Research gaps by perspective", "",
+            "Each cell counts the papers of a perspective tagged with a research gap; an empty cell is where "
+            f"research is thin. The [research gaps]({rel(CHARTS_PAGE, 'gaps/index.md')}) page lists the papers.", "",
+            f"![Heat map of papers per research gap and perspective]({GAP_HEATMAP})", "",
+            f"The [citation graph]({rel(CHARTS_PAGE, GRAPH_PAGE)}) shows how the papers build on each other.", "",
         ])
 
     def code_page(self, module: str, text: str) -> str:
@@ -295,7 +383,7 @@ def render_site(kb: KnowledgeBase, *, implementations: dict[str, str] | None = N
         "papers/index.md": site.all_papers(),
         "gaps/index.md": site.gaps_index(),
         "downloads/index.md": site.downloads(),
-        "downloads/papers.bib": bibtex(kb.papers, kb.taxonomy),
+        "downloads/papers.bib": join_entries(site.bibtex.values()),
         "downloads/papers.json": site.papers_json(),
     }
     if schema is not None:
@@ -312,4 +400,11 @@ def render_site(kb: KnowledgeBase, *, implementations: dict[str, str] | None = N
         files[code_path(module)] = site.code_page(module, text)
     for name, text in kb.notebooks.items():
         files[notebook_path(name)] = text
+    graph = citation_graph(kb)
+    files[GRAPH_PAGE] = site.graph_page(graph)
+    files["downloads/graph.json"] = graph_json(graph)
+    files["downloads/graph.graphml"] = graph_graphml(graph)
+    files[CHARTS_PAGE] = site.charts_page()
+    for name, svg in render_charts(kb).items():
+        files[posixpath.join(posixpath.dirname(CHARTS_PAGE), name)] = svg
     return files

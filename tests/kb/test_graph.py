@@ -1,0 +1,191 @@
+"""The citation graph: its numbers on a small hand-checked corpus, the exports read back, the
+explorer's data and layout, the charts, and the `moekb graph` command."""
+
+from __future__ import annotations
+
+import json
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import networkx as nx
+import pytest
+
+from moekb import charts
+from moekb.cli import main
+from moekb.graph import (EDGES_KEY, LIST_SEPARATOR, citation_cycles, citation_graph, cycle_warnings,
+                         explorer_data, explorer_layout, graph_graphml, graph_json, summarise)
+from moekb.load import load_knowledge_base, load_taxonomy
+from moekb.markup import json_for_script
+from moekb.model import KnowledgeBase, Paper
+from moekb.site import render_site
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def taxonomy():
+    return load_taxonomy(ROOT)
+
+
+def paper(paper_id: str, year: int, cites: list[str], *, perspective="engine", sub="sparse-mllm",
+          modalities=("image", "text"), gaps=(), title=None) -> Paper:
+    return Paper(id=paper_id, title=title or f"Title of {paper_id}", authors=["Ada Lovelace", "Alan Turing"],
+                 year=year, perspective=perspective, subcategory=sub, modalities=list(modalities),
+                 summary="A summary.", verified_from=["https://example.org/"], gaps=list(gaps), cites=cites)
+
+
+@pytest.fixture
+def small_kb(taxonomy) -> KnowledgeBase:
+    """a -> b -> c -> a is a cycle; e -> b; d stands alone. b is cited twice, a and c once, d and e never."""
+    papers = [
+        paper("a2024x", 2024, ["b2023x"], gaps=["sustainability"]),
+        paper("b2023x", 2023, ["c2022x"], perspective="adapter", sub="missing-modality", gaps=["sustainability", "lifelong-learning"]),
+        paper("c2022x", 2022, ["a2024x"], perspective="foundations", sub="sparse-layers", modalities=["text"]),
+        paper("d2021x", 2021, [], perspective="learner", sub="domain-experts", title="Experts <b>& a </script> [x](javascript:alert(1)) tag"),
+        paper("e2025x", 2025, ["b2023x"], perspective="adapter", sub="missing-modality"),
+    ]
+    return KnowledgeBase(taxonomy=taxonomy, papers=papers)
+
+
+def test_graph_numbers_on_a_small_corpus(small_kb):
+    graph = citation_graph(small_kb)
+    assert graph.number_of_nodes() == 5 and graph.number_of_edges() == 4
+    assert set(graph.edges) == {("a2024x", "b2023x"), ("b2023x", "c2022x"), ("c2022x", "a2024x"), ("e2025x", "b2023x")}
+    assert {n: graph.nodes[n]["in_kb_citations"] for n in graph} == {"a2024x": 1, "b2023x": 2, "c2022x": 1, "d2021x": 0, "e2025x": 0}
+    ranks = {n: graph.nodes[n]["pagerank"] for n in graph}
+    assert sum(ranks.values()) == pytest.approx(1.0, abs=1e-5)
+    assert max(ranks, key=ranks.get) == "b2023x"  # cited twice
+    assert ranks["d2021x"] == ranks["e2025x"]  # neither is cited: both get only the teleport share
+    summary = summarise(graph)
+    assert (summary.nodes, summary.edges, summary.components, summary.largest_component, summary.isolated) == (5, 4, 2, 4, 1)
+    assert summary.most_cited[0][:2] == ("b2023x", 2)
+    # a and c are cited once each; c is cited by b, which ranks higher, so c comes first. Uncited papers are not listed.
+    assert ranks["c2022x"] > ranks["a2024x"]
+    assert [m[0] for m in summary.most_cited] == ["b2023x", "c2022x", "a2024x"]
+
+
+def test_edges_are_exactly_the_citations(small_kb):
+    graph = citation_graph(small_kb)
+    assert sorted(graph.edges) == sorted((p.id, t) for p in small_kb.papers for t in p.cites)
+
+
+def test_a_citation_cycle_is_a_warning_naming_the_file(small_kb):
+    graph = citation_graph(small_kb)
+    assert citation_cycles(graph) == [["a2024x", "b2023x", "c2022x", "a2024x"]]
+    [warning] = cycle_warnings(graph)
+    assert "citation cycle a2024x -> b2023x -> c2022x -> a2024x" in str(warning) and "warning" in str(warning)
+    acyclic = KnowledgeBase(taxonomy=small_kb.taxonomy, papers=[p for p in small_kb.papers if p.id != "c2022x"])
+    assert citation_cycles(citation_graph(acyclic)) == []
+
+
+def test_json_export_reads_back_with_every_attribute(small_kb):
+    graph = citation_graph(small_kb)
+    data = json.loads(graph_json(graph))
+    assert EDGES_KEY in data and "links" not in data
+    back = nx.node_link_graph(data, edges=EDGES_KEY)
+    assert back.is_directed()
+    assert sorted(back.edges) == sorted(graph.edges)
+    assert back.nodes["b2023x"]["gaps"] == ["sustainability", "lifelong-learning"]
+    assert back.nodes["d2021x"]["title"] == "Experts <b>& a </script> [x](javascript:alert(1)) tag"
+    assert back.nodes["b2023x"]["in_kb_citations"] == 2
+    assert "path" not in back.nodes["a2024x"]  # build detail, not published
+
+
+def test_graphml_export_reads_back_with_lists_joined(small_kb):
+    graph = citation_graph(small_kb)
+    text = graph_graphml(graph)
+    ET.fromstring(text.encode("utf-8"))  # well-formed XML despite the '<', '&' in a title
+    back = nx.parse_graphml(text)
+    assert back.is_directed() and sorted(back.edges) == sorted(graph.edges)
+    node = back.nodes["b2023x"]
+    assert node["gaps"].split(LIST_SEPARATOR) == ["sustainability", "lifelong-learning"]
+    assert node["authors"].split(LIST_SEPARATOR) == ["Ada Lovelace", "Alan Turing"]
+    assert int(node["year"]) == 2023 and int(node["in_kb_citations"]) == 2
+    assert back.nodes["d2021x"]["title"] == "Experts <b>& a </script> [x](javascript:alert(1)) tag"
+
+
+def test_exports_do_not_change_between_builds(small_kb):
+    first = citation_graph(small_kb)
+    again = citation_graph(KnowledgeBase(taxonomy=small_kb.taxonomy, papers=list(small_kb.papers)))
+    assert graph_json(first) == graph_json(again) and graph_graphml(first) == graph_graphml(again)
+
+
+def test_layout_places_every_paper_once_and_groups_sub_categories(small_kb):
+    graph = citation_graph(small_kb)
+    positions = explorer_layout(small_kb, graph)
+    assert set(positions) == set(graph.nodes)
+    assert len(set(positions.values())) == len(positions)  # no two papers on the same spot
+    rows = {p.perspective: positions[p.id][1] for p in small_kb.papers}
+    assert rows["engine"] < rows["learner"] < rows["adapter"] < rows["foundations"]  # one row per perspective, in taxonomy order
+
+
+def test_explorer_data_is_inert_inside_a_script_element(small_kb):
+    graph = citation_graph(small_kb)
+    data = explorer_data(small_kb, graph)
+    assert len(data["nodes"]) == 5 and len(data["edges"]) == 4
+    assert {p["id"] for p in data["perspectives"]} == {"engine", "learner", "adapter", "foundations"}
+    assert len({p["colour"] for p in data["perspectives"]}) == 4
+    script = json_for_script(data)
+    assert "<" not in script and "](" not in script  # cannot close the element nor become a Markdown link
+    assert json.loads(script) == json.loads(json.dumps(data))
+
+
+def test_site_has_explorer_charts_and_graph_downloads(small_kb):
+    files = render_site(small_kb)
+    page = files["graph/index.md"]
+    payload = re.search(r'<script type="application/json" id="moekb-graph-data">(.*?)</script>', page, re.S)
+    assert payload and len(json.loads(payload.group(1))["nodes"]) == 5
+    assert page.count("data-moekb-paper=") == 5  # the explorer opens papers through these links
+    assert "Citation cycles" in page and "a2024x → b2023x → c2022x → a2024x" in page
+    assert nx.node_link_graph(json.loads(files["downloads/graph.json"]), edges=EDGES_KEY).number_of_edges() == 4
+    assert nx.parse_graphml(files["downloads/graph.graphml"]).number_of_nodes() == 5
+    assert "[graph.json](graph.json)" in files["downloads/index.md"]
+    for name in (charts.PAPERS_PER_YEAR, charts.GAP_HEATMAP):
+        svg = files[f"charts/{name}"]
+        assert svg.lstrip().startswith("<?xml") and "<svg" in svg
+        assert f"]({name})" in files["charts/index.md"]
+    assert "### Neighbourhood" in files["papers/b2023x.md"] and "### Neighbourhood" not in files["papers/d2021x.md"]
+
+
+def test_charts_count_what_the_corpus_holds(small_kb):
+    years, series = charts.year_series(small_kb)
+    assert years == (2021, 2022, 2023, 2024, 2025)
+    by_label = {label: counts for label, _, counts in series}
+    assert by_label["adapter"] == (0, 0, 1, 0, 1) and by_label["engine"] == (0, 0, 0, 1, 0)
+    rows, columns, counts = charts.gap_counts(small_kb)
+    sustainability = rows.index(small_kb.taxonomy.gap["sustainability"].name)
+    assert dict(zip(columns, counts[sustainability])) == {"engine": 1, "learner": 0, "adapter": 1, "foundations": 0}
+
+
+def test_charts_are_reproducible_and_need_no_font_or_network(small_kb):
+    first = charts.render_charts(small_kb)
+    charts.papers_per_year_svg.cache_clear()
+    charts.heatmap_svg.cache_clear()
+    again = charts.render_charts(small_kb)
+    assert first == again  # same bytes, so a rebuild rewrites nothing
+    for svg in first.values():
+        assert "<text" not in svg and "@font-face" not in svg  # glyphs are paths
+        assert "http" not in svg.replace("http://www.w3.org", "").replace("http://purl.org/dc", "").replace(
+            "http://creativecommons.org", "").replace("https://matplotlib.org", "")
+        assert "<dc:date>" not in svg
+
+
+def test_real_corpus_graph_has_one_node_per_paper_and_one_edge_per_citation():
+    kb = load_knowledge_base(ROOT)
+    graph = citation_graph(kb)
+    assert graph.number_of_nodes() == len(kb.papers)
+    assert graph.number_of_edges() == sum(len(p.cites) for p in kb.papers)
+
+
+def test_graph_command_prints_headline_figures(make_project, capsys):
+    template = (Path(__file__).parent / "bad_entries" / "cites-self" / "lovelace2024test.yaml").read_text()
+    citing = template.replace("cites: [lovelace2024test]", "cites: [turing2024other]")
+    cited = (template.replace("lovelace2024test", "turing2024other").replace("2401.12345", "2402.12345")
+             .replace("cites: [turing2024other]", "cites: []").replace("A Test Entry", "Another Entry"))
+    project = make_project({"lovelace2024test.yaml": citing, "turing2024other.yaml": cited})
+    assert main(["--root", str(project), "graph"]) == 0
+    out = capsys.readouterr().out
+    assert "2 nodes (papers), 1 edges" in out
+    assert "1 connected components" in out and "0 papers neither cite nor are cited" in out
+    assert re.search(r"^\s+1\s+pagerank 0\.\d+\s+turing2024other\s", out, re.M)
