@@ -81,6 +81,27 @@ def cmd_synth(args) -> int:
     return 0
 
 
+def cmd_graph(args) -> int:
+    from moekb.graph import citation_graph, cycle_warnings, summarise  # networkx only for this command
+
+    root = project_root(args.root)
+    kb = load_knowledge_base(root, args.papers or papers_dir_from_env(root))
+    graph = citation_graph(kb)
+    summary = summarise(graph, top=args.top)
+    print(f"{summary.nodes} nodes (papers), {summary.edges} edges (citations within the knowledge base)")
+    print(f"{summary.components} connected components; the largest has {summary.largest_component} papers; "
+          f"{summary.isolated} papers neither cite nor are cited")
+    print(f"{len(summary.cycles)} citation cycles")
+    print(f"\nMost cited within the knowledge base (top {args.top}):")
+    for paper_id, cited_by, rank in summary.most_cited:
+        print(f"  {cited_by:>4}  pagerank {rank:.4f}  {paper_id}  {kb.paper[paper_id].title}")
+    if not summary.most_cited:
+        print("  (no citations recorded)")
+    for warning in cycle_warnings(graph):
+        print(warning, file=sys.stderr)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="moekb", description=__doc__.split("\n")[0])
     top.add_argument("--root", type=Path, default=None, help="project folder (default: found from the working directory)")
@@ -101,6 +122,9 @@ def parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("schema", help=f"write the paper JSON Schema (default {SCHEMA_PATH}; '-' for stdout)")
     schema.add_argument("output", nargs="?", default=None)
     schema.set_defaults(func=cmd_schema)
+    graph = papers_option(sub.add_parser("graph", help="the citation graph's headline figures: nodes, edges, components, most cited"))
+    graph.add_argument("--top", type=int, default=10, help="how many of the most-cited papers to list")
+    graph.set_defaults(func=cmd_graph)
     synth = sub.add_parser("synth", help="write N synthetic but valid papers into an empty folder (never papers/), for benchmarks")
     synth.add_argument("--n", type=int, required=True, help="number of papers")
     synth.add_argument("--out", type=Path, required=True, help="folder to write <id>.yaml files into")
