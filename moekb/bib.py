@@ -7,11 +7,14 @@ middleware and decoded again on parsing, so a file written here parses back to t
 
 from __future__ import annotations
 
+import re
+
 import bibtexparser
 from bibtexparser import middlewares as mw
 from bibtexparser.library import Library
 from bibtexparser.middlewares.middleware import BlockMiddleware
 from pylatexenc.latex2text import LatexNodes2Text, MacroTextSpec, get_default_latex_context_db
+from pylatexenc.latexencode import UnicodeToLatexEncoder
 from bibtexparser.model import Entry, Field
 
 from moekb.model import KnowledgeBase, Paper, Taxonomy
@@ -70,14 +73,52 @@ def paper_library(papers: list[Paper], taxonomy: Taxonomy) -> Library:
     return library
 
 
-def bibtex(papers: list[Paper], taxonomy: Taxonomy) -> str:
-    """A BibTeX file for ``papers``, LaTeX-encoded."""
+class PlainTextShortcutEncoder(UnicodeToLatexEncoder):
+    """pylatexenc's default encoder, except that text it would return unchanged (ASCII without a
+    LaTeX special character: most names, titles and URLs) is returned at once. The encoder
+    walks every character through its rule tables in Python, which made BibTeX the slowest part
+    of rendering thousands of entries; which characters are plain is asked of the encoder itself."""
+
+    def __init__(self):
+        super().__init__(conversion_rules=["defaults"])
+        printable = map(chr, range(32, 127))  # control characters take the full path (and its warning)
+        plain = "".join(ch for ch in printable if UnicodeToLatexEncoder.unicode_to_latex(self, ch) == ch)
+        self.needs_encoding = re.compile(f"[^{re.escape(plain)}]")
+
+    def unicode_to_latex(self, s: str) -> str:
+        return super().unicode_to_latex(s) if self.needs_encoding.search(s) else s
+
+
+def bibtex_format() -> bibtexparser.BibtexFormat:
     fmt = bibtexparser.BibtexFormat()
     fmt.indent = "  "
     fmt.block_separator = "\n"
-    return bibtexparser.write_string(
-        paper_library(papers, taxonomy), prepend_middleware=[mw.LatexEncodingMiddleware(keep_math=False, enclose_urls=False), ProtectTitleCase()], bibtex_format=fmt
-    )
+    return fmt
+
+
+def bibtex_entries(papers: list[Paper], taxonomy: Taxonomy) -> dict[str, str]:
+    """Each paper's BibTeX entry, LaTeX-encoded, keyed by id, in the order of ``papers``.
+
+    The middlewares run once over one library, in place (it is built here and owned by no one),
+    instead of once per paper on deep copies; each entry is then written on its own."""
+    library = paper_library(papers, taxonomy)
+    stack = [mw.LatexEncodingMiddleware(encoder=PlainTextShortcutEncoder()), ProtectTitleCase(),
+             *mw.default_unparse_stack(allow_inplace_modification=True)]
+    for middleware in stack:
+        library = middleware.transform(library=library)
+    fmt = bibtex_format()
+    return {paper.id: bibtexparser.write_string(Library([block]), unparse_stack=[], bibtex_format=fmt)
+            for paper, block in zip(papers, library.blocks, strict=True)}
+
+
+def bibtex(papers: list[Paper], taxonomy: Taxonomy) -> str:
+    """A BibTeX file for ``papers``, LaTeX-encoded."""
+    return join_entries(bibtex_entries(papers, taxonomy).values())
+
+
+def join_entries(entries) -> str:
+    """Entries written by :func:`bibtex_entries` as one file, separated as bibtexparser separates them."""
+    return bibtex_format().block_separator.join(entries)
 
 
 def paper_bibtex(paper: Paper, kb: KnowledgeBase) -> str:

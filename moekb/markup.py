@@ -8,6 +8,7 @@ points, so a title cannot reorder or hide the text around it. Only http(s) URLs 
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import re
@@ -24,6 +25,7 @@ def reveal_hidden(text: str) -> str:
     return HIDDEN.sub(lambda m: f"[U+{ord(m.group()):04X}]", text)
 
 
+@functools.lru_cache(maxsize=1 << 16)  # a title is escaped on every page that lists the paper
 def md(text: str) -> str:
     """Contributor text as inert Markdown: one line, HTML-escaped, Markdown syntax escaped."""
     one_line = " ".join(reveal_hidden(str(text)).split())

@@ -166,8 +166,23 @@ class KnowledgeBase:
                     index[target].append(paper.id)
         return {k: sorted(v) for k, v in index.items()}
 
+    @cached_property
+    def by_perspective(self) -> dict[str, list[Paper]]:
+        """Papers of each perspective id, in id order: one pass, not one scan per page that asks."""
+        index: dict[str, list[Paper]] = {}
+        for paper in self.papers:
+            index.setdefault(paper.perspective, []).append(paper)
+        return index
+
+    @cached_property
+    def by_subcategory(self) -> dict[str, list[Paper]]:
+        index: dict[str, list[Paper]] = {}
+        for paper in self.papers:
+            index.setdefault(paper.subcategory, []).append(paper)
+        return index
+
     def in_perspective(self, perspective_id: str) -> list[Paper]:
-        return [p for p in self.papers if p.perspective == perspective_id]
+        return list(self.by_perspective.get(perspective_id, ()))  # a copy: callers may sort it in place
 
     def in_subcategory(self, subcategory_id: str) -> list[Paper]:
-        return [p for p in self.papers if p.subcategory == subcategory_id]
+        return list(self.by_subcategory.get(subcategory_id, ()))

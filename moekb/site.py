@@ -9,12 +9,13 @@ pages list them), so building one page does not cost more as the corpus grows.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import posixpath
 from collections import Counter
 
 from moekb import markup
-from moekb.bib import bibtex
+from moekb.bib import bibtex_entries, join_entries
 from moekb.charts import GAP_HEATMAP, PAPERS_PER_YEAR, render_charts, year_series
 from moekb.graph import LIST_SEPARATOR, citation_graph, explorer_data, graph_graphml, graph_json, summarise
 from moekb.markup import md
@@ -54,7 +55,15 @@ def notebook_path(notebook: str) -> str:
 
 def rel(source: str, target: str) -> str:
     """The relative link from generated page ``source`` to generated file ``target``."""
-    return posixpath.relpath(target, posixpath.dirname(source) or ".")
+    folder, name = posixpath.split(target)
+    up = relative_folder(folder, posixpath.dirname(source))
+    return name if up == "." else f"{up}/{name}"
+
+
+@functools.lru_cache(maxsize=None)
+def relative_folder(target_folder: str, source_folder: str) -> str:
+    # Thousands of pages link between a handful of folders: relpath once per pair of folders.
+    return posixpath.relpath(target_folder or ".", source_folder or ".")
 
 
 class SiteRenderer:
@@ -64,6 +73,8 @@ class SiteRenderer:
         self.kb = kb
         self.tax = kb.taxonomy
         self.implementations = implementations or {}
+        # written once for all papers: the paper pages and papers.bib show the same entries
+        self.bibtex = bibtex_entries(kb.papers, kb.taxonomy)
 
     # -- small pieces ---------------------------------------------------------------------
     def paper_link(self, source: str, paper: Paper) -> str:
@@ -216,7 +227,7 @@ class SiteRenderer:
         out += [f"- {self.paper_link(source, p)} ({p.year})" for p in cited_by] or ["_None in the knowledge base._"]
         if cites or cited_by:
             out += ["", "### Neighbourhood", "", self.neighbourhood_diagram(paper, cites, cited_by)]
-        out += ["", "## BibTeX", "", markup.fence(bibtex([paper], self.tax), "bibtex"), "",
+        out += ["", "## BibTeX", "", markup.fence(self.bibtex[paper.id], "bibtex"), "",
                 "## Sources", "", "Metadata checked against:", ""]
         out += [f"- {markup.link(u, u)}" for u in paper.verified_from]
         if paper.notes:
@@ -372,7 +383,7 @@ def render_site(kb: KnowledgeBase, *, implementations: dict[str, str] | None = N
         "papers/index.md": site.all_papers(),
         "gaps/index.md": site.gaps_index(),
         "downloads/index.md": site.downloads(),
-        "downloads/papers.bib": bibtex(kb.papers, kb.taxonomy),
+        "downloads/papers.bib": join_entries(site.bibtex.values()),
         "downloads/papers.json": site.papers_json(),
     }
     if schema is not None:
