@@ -254,7 +254,11 @@ class ExpertParallelMoE(SparseMoE):
     def __init__(self, *args, group=None, **kwargs):
         super().__init__(*args, **kwargs)
         with torch.no_grad():
-            dist.broadcast(self.router.weight, group=group, group_src=0)
+            # The module is built on the CPU; NCCL only moves CUDA tensors.
+            on_nccl = dist.get_backend(group) == "nccl"
+            weight = self.router.weight.to(torch.cuda.current_device()) if on_nccl else self.router.weight
+            dist.broadcast(weight, group=group, group_src=0)
+            self.router.weight.copy_(weight)
         self.experts = ExpertParallelExperts.shard(self.experts, group)
 
 

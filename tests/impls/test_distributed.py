@@ -105,6 +105,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
     try:
         results = {name: _run_scenario(name, rank, world) for name in SCENARIOS}
+        torch.manual_seed(rank)  # different seeds: the router must still be rank 0's everywhere
+        results["router_seeded_by_rank"] = ExpertParallelMoE(D, H, E, K).router.weight.detach()
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -221,3 +223,11 @@ def test_capacity_is_per_rank_and_dropless_is_not(ranks):
             assert not torch.allclose(ep, whole.output, rtol=1e-5, atol=1e-6)
         else:
             _close(ep, whole.output)
+
+
+def test_router_is_broadcast_from_rank_0(ranks):
+    _, results = ranks
+    torch.manual_seed(0)
+    rank0 = SparseMoE(D, H, E, K).router.weight.detach()
+    for res in results:
+        torch.testing.assert_close(res["router_seeded_by_rank"], rank0, rtol=0, atol=0)
