@@ -32,6 +32,20 @@ def md(text: str) -> str:
     return MARKDOWN_ACTIVE.sub(r"\\\1", html.escape(one_line, quote=True))
 
 
+def title_heading(text: str) -> str:
+    """Front matter and H1 for a page named by contributor text.
+
+    mkdocs takes a page's title from its H1 as escaped HTML, and Material writes it into <title>
+    through Jinja's ``striptags``, which un-escapes the entities again: a title holding
+    "</title><script>" would end the element and run. A front-matter title is written into
+    <title> and the header verbatim, so each such page gets one, HTML-escaped (brackets too, so
+    that no Markdown link syntax appears anywhere in the page source), as a JSON string, which
+    YAML reads as it is."""
+    plain = html.escape(" ".join(reveal_hidden(str(text)).split()), quote=True)
+    plain = plain.replace("[", "&#91;").replace("]", "&#93;")
+    return f"---\ntitle: {json.dumps(plain)}\n---\n\n# {md(text)}"
+
+
 def safe_url(url: str | None) -> str | None:
     """The URL if it is plain http(s), else None; parentheses are percent-encoded for Markdown."""
     if not url or not SAFE_URL.match(url):
@@ -46,7 +60,9 @@ def link(label: str, url: str | None) -> str:
 
 
 def fence(code: str, language: str = "") -> str:
-    """A fenced code block that no backtick run inside ``code`` can close."""
+    """A fenced code block that no backtick run inside ``code`` can close; bidirectional and
+    invisible characters are shown as code points there too (they would reorder the code)."""
+    code = reveal_hidden(code)
     longest = max((len(run) for run in re.findall(r"`+", code)), default=0)
     ticks = "`" * max(3, longest + 1)
     return f"{ticks}{language}\n{code.rstrip()}\n{ticks}"

@@ -155,7 +155,7 @@ class SiteRenderer:
     def perspective_page(self, perspective: Perspective) -> str:
         source = perspective_path(perspective.id)
         quote = "Definition quoted from the survey's abstract" if not perspective.background else "Scope"
-        out = [f"# {md(perspective.name)}", "", f"> {md(perspective.definition)}", ">",
+        out = [markup.title_heading(perspective.name), "", f"> {md(perspective.definition)}", ">",
                f"> <small>{quote}.</small>", "", md(perspective.description), ""]
         links = self.implementation_links(source, perspective)
         if links:
@@ -178,7 +178,7 @@ class SiteRenderer:
     def subcategory_page(self, perspective: Perspective, sub: Subcategory) -> str:
         source = subcategory_path(perspective.id, sub.id)
         papers = self.kb.in_subcategory(sub.id)
-        out = [f"# {md(sub.name)}", "",
+        out = [markup.title_heading(sub.name), "",
                f"Part of [{md(perspective.name)}]({rel(source, perspective_path(perspective.id))}).", "",
                md(sub.description), ""]
         if sub.source:
@@ -198,7 +198,7 @@ class SiteRenderer:
         source = paper_path(paper.id)
         perspective, sub = self.tax.subcategory[paper.subcategory]
         venue = f"{md(self.tax.venue[paper.venue].name)} ({md(paper.venue)})" if paper.venue else "preprint"
-        out = [f"# {md(paper.title)}", "",
+        out = [markup.title_heading(paper.title), "",
                f"**{', '.join(md(a) for a in paper.authors)}**", "",
                f"{paper.year} · {venue}", "",
                "| | |", "|---|---|",
@@ -281,7 +281,7 @@ class SiteRenderer:
 
     def gap_page(self, gap) -> str:
         source = gap_path(gap.id)
-        out = [f"# {md(gap.name)}", "", md(gap.description), ""]
+        out = [markup.title_heading(gap.name), "", md(gap.description), ""]
         for perspective in self.tax.perspectives:
             papers = [p for p in self.kb.in_perspective(perspective.id) if gap.id in p.gaps]
             out += [f"## {md(perspective.name)} {{#{perspective.id}}}", "", self.papers_table(source, papers), ""]
