@@ -13,6 +13,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from moekb.add import add_arguments, cmd_add
 from moekb.build import build, papers_dir_from_env
 from moekb.errors import MoekbError
 from moekb.load import load_knowledge_base, load_taxonomy, project_root
@@ -125,6 +126,8 @@ def parser() -> argparse.ArgumentParser:
     graph = papers_option(sub.add_parser("graph", help="the citation graph's headline figures: nodes, edges, components, most cited"))
     graph.add_argument("--top", type=int, default=10, help="how many of the most-cited papers to list")
     graph.set_defaults(func=cmd_graph)
+    add_arguments(sub.add_parser("add", help="write a new papers/<id>.yaml from BibTeX (a file, or - for stdin) "
+                                             "or from flags; never overwrites")).set_defaults(func=cmd_add)
     synth = sub.add_parser("synth", help="write N synthetic but valid papers into an empty folder (never papers/), for benchmarks")
     synth.add_argument("--n", type=int, required=True, help="number of papers")
     synth.add_argument("--out", type=Path, required=True, help="folder to write <id>.yaml files into")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import re
 from collections import defaultdict
 from typing import Any, TypeVar
 
@@ -135,15 +136,38 @@ def unknown(doc: Document, loc: tuple, kind: str, value: str, allowed: list[str]
     return doc.problem(loc, f"unknown {kind} '{value}' ({hint})")
 
 
+# What `moekb add` writes into the fields only a person can fill (summary, perspective...).
+PLACEHOLDER = re.compile(r"^\s*TODO\b")
+
+
+def placeholder_problems(doc: Document) -> list[Problem]:
+    """Every value (or list item) that still holds a TODO placeholder."""
+    found = []
+    for key, value in doc.data.items():
+        items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+        for i, item in items:
+            if isinstance(item, str) and PLACEHOLDER.match(item):
+                loc = (key,) if i is None else (key, i)
+                found.append(doc.problem(loc, f"{key}: replace the placeholder left by `moekb add`: {item.strip()}"))
+    return found
+
+
+def with_placeholders(problems: list[Problem], placeholders: list[Problem]) -> list[Problem]:
+    """A placeholder's line reports the placeholder only, not also "unknown perspective 'TODO...'"."""
+    lines = {p.line for p in placeholders}
+    return [p for p in problems if p.line not in lines] + placeholders
+
+
 def check_paper(doc: Document, taxonomy: Taxonomy, file_stem: str) -> tuple[Paper | None, list[Problem]]:
     """One entry on its own: structure, vocabularies, identifiers, years. Returns the paper with
     its venue spelled canonically, or None when the entry has problems."""
     if not isinstance(doc.data, dict):
         what = "empty" if doc.data is None else describe_type(doc.data)
         return None, [Problem(doc.path, 1, f"a paper entry must be a mapping of fields, but the file is {what}")]
+    placeholders = placeholder_problems(doc)
     paper, problems = build(doc, PAPER_ADAPTER, PAPER_FIELDS)
     if paper is None:
-        return None, problems
+        return None, with_placeholders(problems, placeholders)
 
     if not identifiers.SLUG.match(paper.id):
         problems.append(doc.problem(("id",), f"id {paper.id!r} must be a lowercase slug of a-z, 0-9 and '-' (e.g. mustafa2022limoe)"))
@@ -198,6 +222,7 @@ def check_paper(doc: Document, taxonomy: Taxonomy, file_stem: str) -> tuple[Pape
             problems.append(doc.problem(("cites", i), f"cites: an entry cannot cite itself ('{target}')"))
         elif paper.cites.index(target) != i:
             problems.append(doc.problem(("cites", i), f"cites: '{target}' is listed twice"))
+    problems = with_placeholders(problems, placeholders)
     if problems:
         return None, problems
     if canonical_venue != paper.venue:
