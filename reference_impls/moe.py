@@ -487,7 +487,7 @@ class SparseMoE(nn.Module):
             **kwargs,
         )
         moe.experts.copy_from_dense(ffn)
-        return moe.to(device=ffn.fc1.weight.device, dtype=ffn.fc1.weight.dtype)
+        return moe.to(device=ffn.fc1.weight.device, dtype=ffn.fc1.weight.dtype).train(ffn.training)
 
     def forward(self, x: Tensor) -> MoEOutput:
         shape = x.shape
