@@ -422,16 +422,19 @@ def render_entry(entry: NewEntry, taxonomy: Taxonomy, origin: str, today: dt.dat
     yaml.width = 100
     yaml.allow_unicode = True
     yaml.indent(mapping=2, sequence=4, offset=2)
+    todo = any(PLACEHOLDER.match(str(item)) for value in fields.values()
+               for item in (value if isinstance(value, list) else [value]))
     out = [MODELINE,
-           f"# Written by `moekb add` from {origin}. Replace every TODO, then run `moekb validate`;",
+           f"# Written by `moekb add` from {origin}. "
+           + ("Replace every TODO, then run `moekb validate`;" if todo else "Check it, then run `moekb validate`;"),
            "# docs/add-a-paper.md explains each field. These comments may be deleted."]
     for name in FIELD_ORDER:
+        out += [f"# {line}" for line in comments.get(name, [])]  # also where a field was left out
         if name not in fields:
             continue
         value = fields[name]
         if name in ("arxiv", "doi"):  # an unquoted arXiv id is a number to YAML
             value = DoubleQuotedScalarString(value)
-        out += [f"# {line}" for line in comments.get(name, [])]
         stream = io.StringIO()
         yaml.dump({name: value}, stream)
         out.append(stream.getvalue().rstrip("\n"))

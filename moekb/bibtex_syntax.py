@@ -258,6 +258,10 @@ class Scanner:
                 continue
             if pos >= len(self.text) or self.block_start_here(pos):
                 raise self.not_closed(key, start, pos, closer, values)
+            newline = self.text.find("\n", opening, pos)
+            if self.text[opening] == '"' and newline >= 0 and LOOKS_LIKE_FIELD.search(self.text, newline + 1, pos):
+                # The quote was closed by the next field's opening quote: the first one is unclosed.
+                raise Resync(self.unclosed(opening, pos, name, "'\"'"), self.next_block_at_line_start(pos))
             following = FIELD_NAME.match(self.text, pos)
             if following:
                 self.scan.problems.append(self.problem(
