@@ -307,14 +307,15 @@ class SiteRenderer:
         summary = summarise(graph)
         out = ["# Citation graph", "",
                "Every paper is a node, coloured by perspective and sized by how often it is cited within the "
-               "knowledge base; an arrow points from a paper to each paper it cites. Papers are grouped in one "
-               "disc per sub-category, the most cited in the middle. Hover over a node for its title and year, "
-               "click it to open the paper; scroll to zoom, drag to pan.", "",
+               "knowledge base; an arrow points from a paper to each paper it cites. Each perspective is a row, each "
+               "sub-category a disc with its most cited papers in the middle. Hover over a node for its title and "
+               "year, click it to open the paper; scroll to zoom, drag to pan.", "",
                f'<div id="moekb-explorer" class="moekb-explorer" data-papers="{summary.nodes}" '
                f'data-citations="{summary.edges}"><noscript>The explorer needs JavaScript; the list of papers '
                "below works without it.</noscript></div>", "",
-               f'<script type="application/json" id="moekb-graph-data">'
-               f"{markup.json_for_script(explorer_data(self.kb, graph))}</script>", "",
+               # Executable, not type="application/json": Material's instant navigation re-runs the inline
+               # scripts of the new page as JavaScript (and drops their attributes) before the explorer starts.
+               f'<script id="moekb-graph-data">window.moekbGraphData = {markup.json_for_script(explorer_data(self.kb, graph))};</script>', "",
                f"**{summary.nodes} papers, {summary.edges} citations, {summary.components} connected components** "
                f"(the largest holds {summary.largest_component} papers; {summary.isolated} papers neither cite nor "
                f"are cited within the knowledge base). Download the graph as "

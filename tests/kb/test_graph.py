@@ -134,7 +134,7 @@ def test_explorer_data_is_inert_inside_a_script_element(small_kb):
 def test_site_has_explorer_charts_and_graph_downloads(small_kb):
     files = render_site(small_kb)
     page = files["graph/index.md"]
-    payload = re.search(r'<script type="application/json" id="moekb-graph-data">(.*?)</script>', page, re.S)
+    payload = re.search(r'<script id="moekb-graph-data">window.moekbGraphData = (.*?);</script>', page, re.S)
     assert payload and len(json.loads(payload.group(1))["nodes"]) == 5
     assert page.count("data-moekb-paper=") == 5  # the explorer opens papers through these links
     assert "Citation cycles" in page and "a2024x → b2023x → c2022x → a2024x" in page

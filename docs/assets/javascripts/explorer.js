@@ -1,5 +1,5 @@
-// The citation-graph explorer (vendored Cytoscape.js). The page inlines the graph as JSON in
-// <script id="moekb-graph-data">, so nothing is fetched and the page also works from file://.
+// The citation-graph explorer (vendored Cytoscape.js). The page inlines the graph as a JSON literal
+// (window.moekbGraphData), so nothing is fetched and the page also works from file://.
 // Material's instant navigation swaps pages without reloading, so the explorer is built from
 // document$ (once per page view) and the previous one is destroyed when its page is gone.
 // Every label is set with textContent: titles and names are contributor text, never HTML.
@@ -55,7 +55,7 @@
     legend.appendChild(element("legend", {}, "Perspectives"));
     data.perspectives.forEach(function (p) {
       var box = element("input", { type: "checkbox", name: "perspective", value: p.id });
-      box.checked = true;
+      box.defaultChecked = true; // the default, not just the state, so that Reset checks it again
       var label = element("label", { "class": "moekb-explorer__perspective", title: p.name });
       var swatch = element("span", { "class": "moekb-explorer__swatch", "aria-hidden": "true" });
       swatch.style.background = p.colour;
@@ -97,7 +97,7 @@
     return [
       { selector: "node", style: {
         "background-color": "data(colour)", "width": "data(size)", "height": "data(size)",
-        "label": "data(id)", "font-size": 9, "color": ink, "min-zoomed-font-size": 9,
+        "label": "data(id)", "font-size": 9, "color": ink, "min-zoomed-font-size": 12, // ids only once zoomed in
         "text-valign": "bottom", "text-margin-y": 3, "border-width": 0
       } },
       { selector: "edge", style: {
@@ -113,7 +113,7 @@
   }
 
   function init(container) {
-    var data = JSON.parse(document.getElementById("moekb-graph-data").textContent);
+    var data = window.moekbGraphData;
     var colours = {};
     data.perspectives.forEach(function (p) { colours[p.id] = p.colour; });
     var yearsSeen = data.nodes.map(function (n) { return n.year; });

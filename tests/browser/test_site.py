@@ -1,0 +1,184 @@
+"""The built site in a real browser: the citation-graph explorer, search, the sortable table, and
+that every kind of page works offline (no request leaves 127.0.0.1, no console error).
+
+Expected numbers come from the same build's downloads/papers.json, so they do not depend on the
+code under test.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import pytest
+
+GRAPH = "generated/graph/"
+VISIBLE_NODES = "moekbExplorer.nodes(':visible').map(n => n.id())"
+HIDE_HEADER = ".md-header, .md-tabs { visibility: hidden !important; }"
+
+
+@pytest.fixture(scope="module")
+def papers(site) -> list[dict]:
+    return site.json("generated/downloads/papers.json")["papers"]
+
+
+def open_explorer(tab, site):
+    tab.page.goto(site.url(GRAPH), wait_until="networkidle")
+    tab.page.wait_for_selector("#moekb-explorer[data-ready=true]")
+
+
+def node_on_screen(tab, paper_id: str) -> tuple[float, float]:
+    """Where a node is drawn, in page coordinates (Cytoscape draws on a canvas, not in the DOM)."""
+    canvas = tab.page.locator(".moekb-explorer__canvas")
+    canvas.scroll_into_view_if_needed()  # the mouse only reaches what is in the viewport
+    box = canvas.bounding_box()
+    x, y = tab.page.evaluate(f"(() => {{ const p = moekbExplorer.getElementById({paper_id!r}).renderedPosition(); "
+                             "return [p.x, p.y]; })()")
+    return box["x"] + x, box["y"] + y
+
+
+def test_explorer_draws_one_node_per_paper_and_one_edge_per_citation(site, tab, papers, artifacts):
+    citations = sum(len(p.get("cites", [])) for p in papers)
+    open_explorer(tab, site)
+    page = tab.page
+    counts = page.evaluate("[moekbExplorer.nodes().length, moekbExplorer.edges().length, "
+                           "moekbExplorer.nodes(':visible').length, moekbExplorer.edges(':visible').length]")
+    assert counts == [len(papers), citations, len(papers), citations]
+    assert set(page.evaluate(VISIBLE_NODES)) == {p["id"] for p in papers}
+    # Every node is drawn inside the canvas, not off-screen.
+    width, height = page.evaluate("[moekbExplorer.width(), moekbExplorer.height()]")
+    box = page.evaluate("moekbExplorer.nodes().renderedBoundingBox()")
+    assert 0 <= box["x1"] and box["x2"] <= width and 0 <= box["y1"] and box["y2"] <= height
+    status = page.locator(".moekb-explorer__status").inner_text()
+    assert f"Showing {len(papers)} of {len(papers)} papers and {citations} of {citations} citations" in status
+    # The sticky header would cover the top of the element once it is scrolled into view.
+    page.locator("#moekb-explorer").screenshot(path=str(artifacts / "explorer.png"), style=HIDE_HEADER)
+    tab.assert_clean()
+
+
+def test_perspective_filter_hides_the_other_perspectives(site, tab, papers):
+    by_perspective = Counter(p["perspective"] for p in papers)
+    keep = by_perspective.most_common(1)[0][0]
+    open_explorer(tab, site)
+    page = tab.page
+    for perspective in by_perspective:
+        if perspective != keep:
+            page.locator(f"input[name=perspective][value={perspective}]").uncheck()
+    visible = set(page.evaluate(VISIBLE_NODES))
+    assert visible == {p["id"] for p in papers if p["perspective"] == keep}
+    visible_edges = page.evaluate("moekbExplorer.edges(':visible').map(e => [e.source().id(), e.target().id()])")
+    assert visible_edges == [] or all(s in visible and t in visible for s, t in visible_edges)
+    assert len(visible_edges) == sum(1 for p in papers if p["id"] in visible for t in p.get("cites", []) if t in visible)
+    page.get_by_role("button", name="Reset").click()
+    page.wait_for_function(f"moekbExplorer.nodes(':visible').length === {len(papers)}")
+    tab.assert_clean()
+
+
+def test_search_box_highlights_matching_papers(site, tab, papers):
+    target = papers[0]
+    open_explorer(tab, site)
+    tab.page.get_by_label("Search the graph").fill(target["id"])
+    matches = tab.page.evaluate("moekbExplorer.nodes('.match').map(n => n.id())")
+    assert target["id"] in matches and len(matches) < len(papers)
+    tab.assert_clean()
+
+
+def test_hover_shows_title_and_year_and_click_opens_the_paper(site, tab, artifacts):
+    graph = site.json("generated/downloads/graph.json")
+    node = max(graph["nodes"], key=lambda n: (n["in_kb_citations"], n["id"]))
+    open_explorer(tab, site)
+    page = tab.page
+    x, y = node_on_screen(tab, node["id"])
+    page.mouse.move(x, y)
+    tip = page.locator(".moekb-explorer__tip")
+    tip.wait_for(state="visible")
+    assert tip.inner_text() == f"{node['title']} ({node['year']})"
+    page.mouse.click(x, y)
+    page.wait_for_url(re.compile(rf"/generated/papers/{node['id']}/$"))
+    assert page.locator("article h1").inner_text().removesuffix("¶").strip() == node["title"]  # ¶: the permalink
+    page.wait_for_load_state("networkidle")
+    page.screenshot(path=str(artifacts / "paper.png"), full_page=True)
+    tab.assert_clean()
+
+
+def test_explorer_survives_instant_navigation(site, tab, papers):
+    page = tab.page
+    page.goto(site.url(""), wait_until="networkidle")
+    page.evaluate("window.sameDocument = true")  # gone if a navigation reloads the page
+    for _ in range(2):
+        page.locator(".md-tabs").get_by_role("link", name="Citation graph").click()
+        page.wait_for_selector("#moekb-explorer[data-ready=true]")
+        assert page.evaluate("moekbExplorer.nodes(':visible').length") == len(papers)
+        assert page.locator(".moekb-explorer__canvas").count() == 1
+        page.locator(".md-tabs").get_by_role("link", name="Charts").click()
+        page.wait_for_url(re.compile(r"/generated/charts/$"))
+    assert page.evaluate("window.sameDocument === true"), "the tabs reloaded the page instead of swapping it"
+    tab.assert_clean()
+
+
+def distinctive_title_word(papers: list[dict]) -> tuple[str, dict]:
+    """A long word that appears in exactly one paper's title, and the paper."""
+    words = Counter(w for p in papers for w in set(re.findall(r"[A-Za-z]{7,}", p["title"].lower())))
+    for paper in papers:
+        for word in sorted(set(re.findall(r"[A-Za-z]{7,}", paper["title"].lower()))):
+            if words[word] == 1:
+                return word, paper
+    raise AssertionError("no title has a word of its own")
+
+
+def test_site_search_finds_a_paper_by_a_word_of_its_title(site, tab, papers):
+    word, paper = distinctive_title_word(papers)
+    page = tab.page
+    page.goto(site.url(""), wait_until="networkidle")
+    page.locator("input.md-search__input").click()
+    page.keyboard.type(word)  # Material searches on key events, which fill() does not send
+    hit = page.locator(f".md-search-result__item a[href*='papers/{paper['id']}/']").first
+    hit.wait_for(state="visible")
+    assert any(url.endswith("search/search_index.json") for url in tab.requests), "the search worker's fetch was not seen"
+    tab.assert_clean()
+
+
+def test_all_papers_table_sorts_by_year_when_its_header_is_clicked(site, tab, papers):
+    page = tab.page
+    page.goto(site.url("generated/papers/"), wait_until="networkidle")
+    table = page.locator(".moekb-table table").first
+    header = table.locator("th", has_text="Year")
+    column = [h.strip() for h in table.locator("th").all_inner_texts()].index("Year") + 1
+    before = table.locator(f"tbody tr td:nth-child({column})").all_inner_texts()
+    assert sorted(int(y) for y in before) == sorted(p["year"] for p in papers)
+    orders = []
+    for _ in range(2):
+        header.click()
+        years = [int(y) for y in table.locator(f"tbody tr td:nth-child({column})").all_inner_texts()]
+        order = header.get_attribute("aria-sort")
+        assert years == sorted(years, reverse=order == "descending"), order
+        orders.append(order)
+    assert sorted(orders) == ["ascending", "descending"]
+    tab.assert_clean()
+
+
+def every_kind_of_page(site) -> list[str]:
+    pages = ["", "generated/taxonomy/", "generated/papers/", "generated/gaps/", GRAPH, "generated/charts/",
+             "generated/downloads/"]
+    for folder in ("taxonomy/*", "taxonomy/*/*", "gaps/*", "papers/*", "code/*", "notebooks/*"):
+        found = sorted(p.parent for p in site.folder.glob(f"generated/{folder}/index.html"))
+        # Every notebook and code page (the notebook renderer is the likeliest to reach for a CDN); one of the rest.
+        for page in found if folder.startswith(("code", "notebooks")) else found[:1]:
+            pages.append(page.relative_to(site.folder).as_posix() + "/")
+    return list(dict.fromkeys(pages))
+
+
+def test_every_kind_of_page_loads_offline_without_errors(site, tab):
+    pages = every_kind_of_page(site)
+    visited = []
+    for page in pages:
+        response = tab.page.goto(site.url(page), wait_until="networkidle")
+        assert response.ok, page
+        visited.append(page)
+        if page == "generated/charts/":
+            widths = tab.page.eval_on_selector_all("article img", "imgs => imgs.map(i => i.naturalWidth)")
+            assert len(widths) == 2 and all(w > 0 for w in widths), "a chart did not load"
+        foreign, errors = tab.foreign_requests(), list(tab.errors)
+        assert foreign == [] and errors == [], f"on {page}: requests {foreign}, errors {errors}"
+    assert any(p.startswith("generated/papers/") and p != "generated/papers/" for p in visited)
+    tab.assert_clean()
