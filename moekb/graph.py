@@ -121,7 +121,7 @@ def export_attributes(graph: nx.DiGraph) -> nx.DiGraph:
 def graph_json(graph: nx.DiGraph) -> str:
     """node-link JSON; read it back with ``nx.node_link_graph(data, edges="edges")``."""
     data = nx.node_link_data(export_attributes(graph), edges=EDGES_KEY)
-    return json.dumps(data, indent=1, ensure_ascii=False, sort_keys=True) + "\n"
+    return json.dumps(data, ensure_ascii=False, sort_keys=True) + "\n"  # one line: it is megabytes at scale
 
 
 def graph_graphml(graph: nx.DiGraph) -> str:
@@ -131,7 +131,7 @@ def graph_graphml(graph: nx.DiGraph) -> str:
         for key, value in attrs.items():
             if isinstance(value, list):
                 attrs[key] = LIST_SEPARATOR.join(value)
-    return "\n".join(nx.generate_graphml(flat, prettyprint=True, named_key_ids=True)) + "\n"
+    return "\n".join(nx.generate_graphml(flat, prettyprint=False, named_key_ids=True)) + "\n"  # indenting costs a third
 
 
 def explorer_layout(kb: KnowledgeBase, graph: nx.DiGraph) -> dict[str, tuple[float, float]]:
@@ -175,9 +175,11 @@ def explorer_data(kb: KnowledgeBase, graph: nx.DiGraph) -> dict:
              for n, a in graph.nodes(data=True)]
     colours = perspective_colours(tax)
     used_modalities = {m for p in kb.papers for m in p.modalities}
+    index = {n: i for i, n in enumerate(graph.nodes)}
     return {
         "nodes": nodes,
-        "edges": [{"source": s, "target": t} for s, t in sorted(graph.edges)],
+        # [citing, cited] as positions in "nodes": ids spelled out would be most of a large page
+        "edges": sorted([index[s], index[t]] for s, t in graph.edges),
         "perspectives": [{"id": p.id, "name": p.name, "colour": colours[p.id]} for p in tax.perspectives],
         "subcategories": [{"id": s.id, "name": s.name, "perspective": p.id}
                           for p in tax.perspectives for s in p.subcategories],

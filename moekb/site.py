@@ -332,11 +332,9 @@ class SiteRenderer:
         out += [markup.table(["Paper", "Year", "Cited by", "PageRank"], rows, attrs='class="moekb-table"')
                 if rows else "_No citations recorded yet._", ""]
         # The explorer opens a paper through these links, so mkdocs, not the script, decides the URLs.
-        out += ["## Papers in the graph", "", f'??? info "All {summary.nodes} papers, with what they cite"', ""]
-        for paper in self.kb.papers:
-            cites = f": cites {', '.join(md(i) for i in paper.cites)}" if paper.cites else ""
-            out.append(f'    - [{md(paper.title)}]({rel(source, paper_path(paper.id))}){{ data-moekb-paper="{paper.id}" }} '
-                       f"({paper.year}){cites}")
+        out += ["## Papers in the graph", "", f'??? info "All {summary.nodes} papers"', ""]
+        out += [f'    - [{md(paper.title)}]({rel(source, paper_path(paper.id))}){{ data-moekb-paper="{paper.id}" }} ({paper.year})'
+                for paper in self.kb.papers]
         return "\n".join(out) + "\n"
 
     def charts_page(self) -> str:

@@ -138,7 +138,8 @@
         text: (n.title + " " + n.id + " " + n.authors.join(" ")).toLowerCase()
       } };
     }).concat(data.edges.map(function (e) {
-      return { group: "edges", data: { id: e.source + "->" + e.target, source: e.source, target: e.target } };
+      var source = data.nodes[e[0]].id, target = data.nodes[e[1]].id; // edges are [citing, cited] node positions
+      return { group: "edges", data: { id: source + "->" + target, source: source, target: target } };
     }));
     var cy = cytoscape({
       container: canvas, elements: elements, style: style(ink), layout: { name: "preset", fit: true, padding: 24 },
