@@ -102,7 +102,7 @@
       } },
       { selector: "edge", style: {
         "width": 1.2, "line-color": ink, "target-arrow-color": ink, "target-arrow-shape": "triangle",
-        "arrow-scale": 0.8, "curve-style": "bezier", "opacity": 0.55
+        "arrow-scale": 0.8, "curve-style": "straight", "opacity": 0.55
       } },
       { selector: ".hidden", style: { "display": "none" } },
       { selector: ".faded", style: { "opacity": 0.12 } },
@@ -143,7 +143,9 @@
     }));
     var cy = cytoscape({
       container: canvas, elements: elements, style: style(ink), layout: { name: "preset", fit: true, padding: 24 },
-      minZoom: 0.05, maxZoom: 4, boxSelectionEnabled: false, autoungrabify: true
+      minZoom: 0.05, maxZoom: 4, boxSelectionEnabled: false, autoungrabify: true,
+      // With thousands of citations, drop edges while panning or zooming so the view keeps up.
+      hideEdgesOnViewport: data.edges.length > 3000, textureOnViewport: data.edges.length > 3000
     });
     cy.userPanningEnabled(true);
 
