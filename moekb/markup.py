@@ -32,6 +32,16 @@ def md(text: str) -> str:
     return MARKDOWN_ACTIVE.sub(r"\\\1", html.escape(one_line, quote=True))
 
 
+def code(text: str) -> str:
+    """Contributor text as an inline code span. Markdown shows a code span's content literally
+    (it escapes < and & itself, and backslashes stay visible), so ``md()`` must not be used inside
+    one; the backtick run is chosen longer than any run inside, and ``|`` is kept out of tables."""
+    one_line = " ".join(reveal_hidden(str(text)).split()).replace("|", "\u2223")
+    ticks = "`" * (max((len(run) for run in re.findall(r"`+", one_line)), default=0) + 1)
+    pad = " " if one_line.startswith("`") or one_line.endswith("`") else ""
+    return f"{ticks}{pad}{one_line}{pad}{ticks}"
+
+
 def title_heading(text: str) -> str:
     """Front matter and H1 for a page named by contributor text.
 

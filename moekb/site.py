@@ -22,6 +22,7 @@ from moekb.markup import md
 from moekb.model import KnowledgeBase, Paper, Perspective, Subcategory
 
 HOME_SNIPPET = "snippets/home.md"
+VOCABULARY_SNIPPET = "snippets/vocabularies.md"  # included by docs/add-a-paper.md
 LATEST = 10
 DIAGRAM_PAPERS_PER_SUBCATEGORY = 8
 NEIGHBOURS_IN_DIAGRAM = 10  # per side of a paper's citation neighbourhood diagram
@@ -107,13 +108,35 @@ class SiteRenderer:
         lines = []
         module = getattr(owner, "reference_impl", None)
         if module and module in self.implementations:
-            lines.append(f"- Reference implementation: [`{md(module)}`]({rel(source, code_path(module))})")
+            lines.append(f"- Reference implementation: [{markup.code(module)}]({rel(source, code_path(module))})")
         notebook = getattr(owner, "notebook", None)
         if notebook and posixpath.basename(notebook) in self.kb.notebooks:
-            lines.append(f"- Notebook: [`{md(notebook)}`]({rel(source, notebook_path(notebook))})")
+            lines.append(f"- Notebook: [{markup.code(notebook)}]({rel(source, notebook_path(notebook))})")
         return lines
 
     # -- pages ----------------------------------------------------------------------------
+    def vocabulary_snippet(self) -> str:
+        """Every value a contributor may write, from the taxonomy, so the guide never goes stale."""
+        prefix = "generated/"  # included into docs/add-a-paper.md, so links resolve from there
+        tax = self.tax
+        out = ["#### Perspectives and sub-categories", "",
+               "| `perspective` | `subcategory` | What belongs there |", "|---|---|---|"]
+        for perspective in tax.perspectives:
+            for sub in perspective.subcategories:
+                out.append(f"| [{markup.code(perspective.id)}]({prefix}{perspective_path(perspective.id)}) | "
+                           f"[{markup.code(sub.id)}]({prefix}{subcategory_path(perspective.id, sub.id)}) | "
+                           f"**{md(sub.name)}**: {md(sub.description)} |")
+        out += ["", "#### Modalities (`modalities`)", "", "| id | Meaning |", "|---|---|"]
+        out += [f"| {markup.code(m.id)} | {md(m.name)} |" for m in tax.vocabularies.modalities]
+        out += ["", "#### Research gaps (`gaps`)", "", "| id | Tag a paper when it... |", "|---|---|"]
+        out += [f"| [{markup.code(g.id)}]({prefix}{gap_path(g.id)}) | **{md(g.name)}**: {md(g.description)} |" for g in tax.gaps]
+        out += ["", "#### Venues (`venue`)", "", "| id | Venue | Also accepted |", "|---|---|---|"]
+        out += [f"| {markup.code(v.id)} | {md(v.name)} | {', '.join(markup.code(a) for a in v.aliases)} |"
+                for v in tax.vocabularies.venues]
+        out += ["", "#### BibTeX entry types (`bibtex_type`)", "", "| id | Meaning |", "|---|---|"]
+        out += [f"| {markup.code(k.id)} | {md(k.name)} |" for k in tax.vocabularies.entry_kinds]
+        return "\n".join(out) + "\n"
+
     def home_snippet(self) -> str:
         prefix = "generated/"  # the snippet is included into docs/index.md, so links resolve from there
         lines = ["| Perspective | Sub-categories | Papers |", "|---|---|---|"]
@@ -355,7 +378,7 @@ class SiteRenderer:
         ])
 
     def code_page(self, module: str, text: str) -> str:
-        return "\n".join([f"# `{md(module)}`", "",
+        return "\n".join([f"# {markup.code(module)}", "",
                           "The reference implementation's source, as in the repository.", "",
                           markup.fence(text, "python"), ""])
 
@@ -378,6 +401,7 @@ def render_site(kb: KnowledgeBase, *, implementations: dict[str, str] | None = N
     site = SiteRenderer(kb, implementations)
     files = {
         HOME_SNIPPET: site.home_snippet(),
+        VOCABULARY_SNIPPET: site.vocabulary_snippet(),
         "taxonomy/index.md": site.taxonomy_index(),
         "papers/index.md": site.all_papers(),
         "gaps/index.md": site.gaps_index(),

@@ -196,3 +196,17 @@ def test_hostile_urls_are_not_links(hostile_site):
     assert html.escape(HOSTILE_URL, quote=False) in page or html.escape(HOSTILE_URL) in page
     # The arXiv links built from a valid id stay links.
     assert "https://arxiv.org/abs/2401.12345" in links_to(page, "arxiv.org")
+
+
+def test_code_spans_show_any_text_literally():
+    import markdown
+
+    from moekb.markup import code
+
+    assert code("reference_impls/moe.py") == "`reference_impls/moe.py`"
+    assert code("a`b") == "``a`b``" and code("`x") == "`` `x ``"
+    for text in ("<script>alert(1)</script>", "a|b", "x`` y", "[l](javascript:x)", "\u202eabc"):
+        rendered = markdown.markdown(f"| {code(text)} |\n|---|\n", extensions=["tables"])
+        assert "<script" not in rendered and "href" not in rendered, text
+        assert rendered.count("<td>") == 1, text  # a '|' cannot split the table cell
+    assert "[U+202E]abc" in code("\u202eabc")
