@@ -83,16 +83,17 @@ DBLP_HOMONYM = re.compile(r"\s+\d{4}$")  # DBLP tells apart people of the same n
 class NewEntry:
     """One paper to add: its fields so far, where it came from, and comments to write above fields."""
 
-    origin: Problem  # path and line of the BibTeX entry (or the command line); message unused
+    path: str  # the BibTeX file (or <stdin>, <command line>) ...
+    line: int  # ... and the line its entry starts on (0 for the command line)
     fields: dict[str, Any] = field(default_factory=dict)
     comments: dict[str, list[str]] = field(default_factory=dict)
-    key: str = ""
+    key: str = ""  # the BibTeX citation key, to name the entry in messages
 
     def where(self, message: str) -> Problem:
-        return Problem(self.origin.path, self.origin.line, message)
+        return Problem(self.path, self.line, message)
 
     def describe(self) -> str:
-        return f"{self.origin.path}:{self.origin.line}" if self.origin.line else self.origin.path
+        return f"{self.path}:{self.line}" if self.line else self.path
 
 
 @dataclass(frozen=True)
@@ -107,11 +108,10 @@ class Planned:
 
 
 # -- reading BibTeX ---------------------------------------------------------------------------
-def read_input(source: str, stdin: io.BufferedIOBase | None = None) -> tuple[bytes, str]:
+def read_input(source: str) -> tuple[bytes, str]:
     """The raw bytes of ``source`` (a path, or '-' for stdin) and how messages name it."""
     if source == "-":
-        stream = stdin if stdin is not None else sys.stdin.buffer
-        return stream.read(), STDIN
+        return sys.stdin.buffer.read(), STDIN
     try:
         return Path(source).read_bytes(), source
     except OSError as err:
@@ -159,7 +159,7 @@ def failure(block) -> str:
 
 def entry_from_bibtex(entry: Entry, label: str, taxonomy: Taxonomy) -> NewEntry:
     values = {f.key.lower(): (" ".join(str(f.value).split()), f.start_line + 1) for f in entry.fields}
-    new = NewEntry(Problem(label, entry.start_line + 1, ""), key=entry.key)
+    new = NewEntry(label, entry.start_line + 1, key=entry.key)
     problems: list[Problem] = []
 
     def text(name: str) -> str | None:
@@ -549,7 +549,7 @@ def add(root: Path, papers_dir: Path, *, bibtex: bytes | None = None, label: str
     if bibtex is not None:
         entries = entries_from_bibtex(bibtex, label, taxonomy)
     elif flags.get("title"):
-        entries = [NewEntry(Problem(COMMAND_LINE, 0, ""))]
+        entries = [NewEntry(COMMAND_LINE, 0)]
     else:
         raise MoekbError(Problem(COMMAND_LINE, 0, "nothing to add: give --bibtex FILE (or - for stdin), "
                                                   "or at least --title, --author and --arxiv/--doi/--url"))

@@ -11,7 +11,7 @@ import pytest
 from moekb import add as add_module
 from moekb.add import add, propose_id, NewEntry, title_word
 from moekb.cli import main
-from moekb.errors import MoekbError, Problem
+from moekb.errors import MoekbError
 from moekb.schema import MODELINE
 from moekb.source import read_document
 
@@ -344,7 +344,7 @@ def test_year_defaults_to_the_arxiv_ids_year_with_a_comment(project):
     ("Yang Jiang", 2024, "M^4oE: A Foundation Model", "jiang2024m4oe"),
 ])
 def test_proposed_id_is_family_name_year_and_a_title_word(author, year, title, expected):
-    entry = NewEntry(Problem("x.bib", 1, ""), {"authors": [author], "year": year, "title": title})
+    entry = NewEntry("x.bib", 1, {"authors": [author], "year": year, "title": title})
     assert propose_id(entry) == expected
 
 
