@@ -74,6 +74,26 @@ def test_perspective_filter_hides_the_other_perspectives(site, tab, papers):
     tab.assert_clean()
 
 
+def test_sub_category_modality_gap_and_year_filters_combine(site, tab, papers):
+    gap = Counter(g for p in papers for g in p.get("gaps", [])).most_common(1)[0][0]
+    years = sorted({p["year"] for p in papers})
+    start = years[len(years) // 2]
+    open_explorer(tab, site)
+    page = tab.page
+    page.locator("select[name=gap]").select_option(gap)
+    page.locator("input[name=from]").fill(str(start))
+    expected = {p["id"] for p in papers if gap in p.get("gaps", []) and p["year"] >= start}
+    assert expected and set(page.evaluate(VISIBLE_NODES)) == expected
+    shown = [p for p in papers if p["id"] in expected]
+    sub = Counter(p["subcategory"] for p in shown).most_common(1)[0][0]
+    modality = next(m for p in shown if p["subcategory"] == sub for m in p["modalities"])
+    page.locator("select[name=subcategory]").select_option(sub)
+    page.locator("select[name=modality]").select_option(modality)
+    expected = {p["id"] for p in shown if p["subcategory"] == sub and modality in p["modalities"]}
+    assert expected and set(page.evaluate(VISIBLE_NODES)) == expected
+    tab.assert_clean()
+
+
 def test_search_box_highlights_matching_papers(site, tab, papers):
     target = papers[0]
     open_explorer(tab, site)
