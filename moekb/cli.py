@@ -148,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `moekb stats | head`: the reader left; not an error of ours
+        sys.stderr.close()
+        return 0
     except Exception as err:  # noqa: BLE001 - the promise is: never a traceback
         print(f"moekb: internal error: {type(err).__name__}: {err} (please report it)", file=sys.stderr)
         return 2

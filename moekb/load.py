@@ -63,7 +63,11 @@ def load_papers(taxonomy: Taxonomy, papers_dir: Path, root: Path) -> tuple[list[
         except MoekbError as err:
             problems += err.problems
             continue
-        paper, found = check_paper(doc, taxonomy, file.stem)
+        try:
+            paper, found = check_paper(doc, taxonomy, file.stem)
+        except MoekbError as err:  # the line tree is parsed lazily and may itself refuse the file
+            problems += err.problems
+            continue
         problems += found
         if paper is not None:
             papers.append(paper)

@@ -126,3 +126,10 @@ def test_a_broken_entry_does_not_also_break_the_entries_that_cite_it(make_projec
         load_knowledge_base(project)
     assert [str(p) for p in info.value.problems] == [
         "papers/lovelace2024test.yaml:6: year: expected a whole number, got a string"]
+
+
+def test_a_file_only_the_line_parser_refuses_does_not_hide_other_problems(make_project):
+    project = make_project({"a.yaml": "0:\t\n", "b.yaml": "id: [\n"})
+    with pytest.raises(MoekbError) as info:
+        load_knowledge_base(project)
+    assert [p.path for p in info.value.problems] == ["papers/a.yaml", "papers/b.yaml"]
