@@ -16,6 +16,7 @@ from pathlib import Path
 from moekb.add import add_arguments, cmd_add
 from moekb.build import build, papers_dir_from_env
 from moekb.errors import MoekbError
+from moekb.graph import citation_graph, cycle_warnings, summarise
 from moekb.load import load_knowledge_base, load_taxonomy, project_root
 from moekb.output import write_atomic
 from moekb.schema import SCHEMA_PATH, paper_schema
@@ -30,6 +31,8 @@ def cmd_validate(args) -> int:
 
 def cmd_build(args) -> int:
     kb, written, removed = build(args.root, args.papers)
+    for warning in cycle_warnings(citation_graph(kb)):
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"built docs/generated/ from {len(kb.papers)} papers: {written} files written, {removed} removed")
     return 0
 
@@ -83,7 +86,6 @@ def cmd_synth(args) -> int:
 
 
 def cmd_graph(args) -> int:
-    from moekb.graph import citation_graph, cycle_warnings, summarise  # networkx only for this command
 
     root = project_root(args.root)
     kb = load_knowledge_base(root, args.papers or papers_dir_from_env(root))

@@ -11,6 +11,7 @@ from mkdocs.exceptions import PluginError
 
 from moekb.build import build
 from moekb.errors import MoekbError
+from moekb.graph import citation_graph, cycle_warnings
 
 log = logging.getLogger("mkdocs.moekb")
 
@@ -22,3 +23,7 @@ def on_pre_build(config, **kwargs) -> None:
     except MoekbError as err:
         raise PluginError(f"moekb: the knowledge base has {len(err.problems)} problem(s):\n{err}") from None
     log.info("moekb: %d papers; %d generated files written, %d removed", len(kb.papers), written, removed)
+    # Citation cycles can be legitimate (mutual preprint citations): shown, but at INFO, because
+    # a WARNING would fail `mkdocs build --strict`.
+    for warning in cycle_warnings(citation_graph(kb)):
+        log.info("moekb: warning: %s", warning)
