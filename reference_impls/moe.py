@@ -353,9 +353,9 @@ class Experts(nn.Module):
                 if expert_of_row is None:
                     expert_of_row = torch.repeat_interleave(torch.arange(self.num_experts, device=x.device), counts)
                 one_hot = F.one_hot(expert_of_row, self.num_experts).to(x.dtype)
-                h = torch.addmm(h, one_hot, self.b1)
+                h = h.addmm_(one_hot, self.b1)  # in place: grouped_mm's backward needs x, not h
             y = F.grouped_mm(act(h), self.w2, offs=offs)
-            return torch.addmm(y, one_hot, self.b2) if self.b2 is not None else y
+            return y.addmm_(one_hot, self.b2) if self.b2 is not None else y
 
         rows = x.split(counts.tolist())
         w1, w2 = self.w1.unbind(0), self.w2.unbind(0)

@@ -198,9 +198,9 @@ class TinyMoELLaVA(nn.Module):
         return self
 
     def set_stage(self, stage: int) -> list[str]:
-        """Freeze everything, then unfreeze what the stage trains; returns the trainable names."""
-        if stage == 3 and not self.moe_layers:
-            raise RuntimeError("stage 3 trains the MoE layers: call upcycle() first")
+        """Freeze everything, then unfreeze what the stage trains; returns the trainable names.
+        Stage 3 on a model that was not upcycled trains its dense FFNs the same way: a control for
+        what the experts add beyond more FFN training."""
         for name, p in self.named_parameters():
             p.requires_grad_(trainable_in_stage(name, stage))
         return [n for n, p in self.named_parameters() if p.requires_grad]
