@@ -34,7 +34,9 @@ def generate(root: Path | None = None, papers_dir: Path | None = None) -> tuple[
     """Load and render; raises MoekbError (and so writes nothing) if anything is invalid."""
     root = project_root(root)
     kb = load_knowledge_base(root, papers_dir or papers_dir_from_env(root))
-    files = render_site(kb, implementations=implementation_sources(root, kb), schema=paper_schema(kb.taxonomy))
+    guides = {p.name for p in (root / "docs" / "impls").glob("*.md")}
+    files = render_site(kb, implementations=implementation_sources(root, kb), schema=paper_schema(kb.taxonomy),
+                        guides=guides)
     return kb, files
 
 

@@ -50,6 +50,11 @@ def code_path(module: str) -> str:
     return f"code/{posixpath.splitext(posixpath.basename(module))[0]}.md"
 
 
+def guide_path(module: str) -> str:
+    """The hand-written guide of a module, ``docs/impls/<stem>.md``, relative to docs/generated/."""
+    return f"../impls/{posixpath.splitext(posixpath.basename(module))[0]}.md"
+
+
 def notebook_path(notebook: str) -> str:
     return f"notebooks/{posixpath.basename(notebook)}"
 
@@ -70,10 +75,12 @@ def relative_folder(target_folder: str, source_folder: str) -> str:
 class SiteRenderer:
     """Renders one knowledge base; methods return Markdown for one page each."""
 
-    def __init__(self, kb: KnowledgeBase, implementations: dict[str, str] | None = None):
+    def __init__(self, kb: KnowledgeBase, implementations: dict[str, str] | None = None,
+                 guides: set[str] | frozenset = frozenset()):
         self.kb = kb
         self.tax = kb.taxonomy
         self.implementations = implementations or {}
+        self.guides = guides
         # written once for all papers: the paper pages and papers.bib show the same entries
         self.bibtex = bibtex_entries(kb.papers, kb.taxonomy)
 
@@ -109,6 +116,9 @@ class SiteRenderer:
         module = getattr(owner, "reference_impl", None)
         if module and module in self.implementations:
             lines.append(f"- Reference implementation: [{markup.code(module)}]({rel(source, code_path(module))})")
+            guide = guide_path(module)
+            if posixpath.basename(guide) in self.guides:
+                lines.append(f"- How it maps to the paper, and what its tests check: [guide]({rel(source, guide)})")
         notebook = getattr(owner, "notebook", None)
         if notebook and posixpath.basename(notebook) in self.kb.notebooks:
             lines.append(f"- Notebook: [{markup.code(notebook)}]({rel(source, notebook_path(notebook))})")
@@ -378,8 +388,11 @@ class SiteRenderer:
         ])
 
     def code_page(self, module: str, text: str) -> str:
-        return "\n".join([f"# {markup.code(module)}", "",
-                          "The reference implementation's source, as in the repository.", "",
+        guide = guide_path(module)
+        intro = "The reference implementation's source, as in the repository."
+        if posixpath.basename(guide) in self.guides:
+            intro += f" The [guide]({rel(code_path(module), guide)}) explains it next to the paper."
+        return "\n".join([f"# {markup.code(module)}", "", intro, "",
                           markup.fence(text, "python"), ""])
 
     def papers_json(self) -> str:
@@ -392,13 +405,14 @@ class SiteRenderer:
 
 
 def render_site(kb: KnowledgeBase, *, implementations: dict[str, str] | None = None,
-                schema: dict | None = None) -> dict[str, str]:
+                schema: dict | None = None, guides: set[str] | frozenset = frozenset()) -> dict[str, str]:
     """Every generated file, keyed by its path under ``docs/generated/``.
 
     ``implementations`` maps a reference-implementation path (as named in the taxonomy) to its
-    source text; ``schema`` is the paper JSON Schema to publish.
+    source text; ``schema`` is the paper JSON Schema to publish; ``guides`` are the file names of the
+    hand-written pages in ``docs/impls/`` (``moe_llava.md`` explains ``reference_impls/moe_llava.py``).
     """
-    site = SiteRenderer(kb, implementations)
+    site = SiteRenderer(kb, implementations, guides)
     files = {
         HOME_SNIPPET: site.home_snippet(),
         VOCABULARY_SNIPPET: site.vocabulary_snippet(),

@@ -136,3 +136,15 @@ def test_mkdocs_hook_turns_invalid_input_into_a_plugin_error(small_project):
 
 def test_generate_is_deterministic(small_project):
     assert generate(small_project)[1] == generate(small_project)[1]
+
+
+def test_perspective_pages_link_code_notebook_and_guide():
+    kb = load_knowledge_base(ROOT)
+    files = render_site(kb, implementations={"reference_impls/conf_gate.py": "x = 1\n"}, guides={"conf_gate.md"})
+    page = files["taxonomy/adapter/index.md"]
+    assert "[`reference_impls/conf_gate.py`](../../code/conf_gate.md)" in page
+    assert "[guide](../../../impls/conf_gate.md)" in page
+    if "adapter_conf_gate.ipynb" in kb.notebooks:
+        assert "(../../notebooks/adapter_conf_gate.ipynb)" in page
+    assert "[guide]" not in render_site(kb, implementations={"reference_impls/conf_gate.py": "x = 1\n"})[
+        "taxonomy/adapter/index.md"]
