@@ -42,7 +42,12 @@ def code(text: str) -> str:
     return f"{ticks}{pad}{one_line}{pad}{ticks}"
 
 
-def title_heading(text: str) -> str:
+def html_text(text: str) -> str:
+    """Contributor text as inert HTML text: one line, hidden characters shown, HTML-escaped."""
+    return html.escape(" ".join(reveal_hidden(str(text)).split()), quote=True)
+
+
+def title_heading(text: str, *, searched: bool = True) -> str:
     """Front matter and H1 for a page named by contributor text.
 
     mkdocs takes a page's title from its H1 as escaped HTML, and Material writes it into <title>
@@ -50,10 +55,13 @@ def title_heading(text: str) -> str:
     "</title><script>" would end the element and run. A front-matter title is written into
     <title> and the header verbatim, so each such page gets one, HTML-escaped (brackets too, so
     that no Markdown link syntax appears anywhere in the page source), as a JSON string, which
-    YAML reads as it is."""
-    plain = html.escape(" ".join(reveal_hidden(str(text)).split()), quote=True)
-    plain = plain.replace("[", "&#91;").replace("]", "&#93;")
-    return f"---\ntitle: {json.dumps(plain)}\n---\n\n# {md(text)}"
+    YAML reads as it is.
+
+    ``searched=False`` keeps the theme's search plugin from parsing the page (its entry is then
+    written by :mod:`moekb.search`)."""
+    plain = html_text(text).replace("[", "&#91;").replace("]", "&#93;")
+    search = "" if searched else "search:\n  exclude: true\n"
+    return f"---\ntitle: {json.dumps(plain)}\n{search}---\n\n# {md(text)}"
 
 
 def safe_url(url: str | None) -> str | None:

@@ -8,12 +8,17 @@ import logging
 from pathlib import Path
 
 from mkdocs.exceptions import PluginError
+from mkdocs.plugins import event_priority
+from mkdocs.structure.files import File
 
-from moekb.build import build
+from moekb.build import GENERATED, build
 from moekb.errors import MoekbError
+from moekb.search import add_to_search_index, paper_search_entries
 from moekb.graph import citation_graph, cycle_warnings
 
 log = logging.getLogger("mkdocs.moekb")
+GENERATED_IN_DOCS = GENERATED.relative_to("docs").as_posix()  # docs/generated/x.md is page generated/x.md
+built = {}  # what on_pre_build made, for the later events of the same build: {"kb": KnowledgeBase}
 
 
 def on_pre_build(config, **kwargs) -> None:
@@ -23,7 +28,22 @@ def on_pre_build(config, **kwargs) -> None:
     except MoekbError as err:
         raise PluginError(f"moekb: the knowledge base has {len(err.problems)} problem(s):\n{err}") from None
     log.info("moekb: %d papers; %d generated files written, %d removed", len(kb.papers), written, removed)
+    built["kb"] = kb
     # Citation cycles can be legitimate (mutual preprint citations): shown, but at INFO, because
     # a WARNING would fail `mkdocs build --strict`.
     for warning in cycle_warnings(citation_graph(kb)):
         log.info("moekb: warning: %s", warning)
+
+
+@event_priority(-100)  # after the search plugin has written its index (default priority 0)
+def on_post_build(config, **kwargs) -> None:
+    """Paper pages are left out of the theme's search plugin; add their entries from the knowledge base."""
+    kb = built.get("kb")
+    if kb is None:
+        return
+
+    def url_of(page: str) -> str:
+        return File(f"{GENERATED_IN_DOCS}/{page}", config.docs_dir, config.site_dir, config.use_directory_urls).url
+
+    added = add_to_search_index(Path(config.site_dir), paper_search_entries(kb), url_of)
+    log.info("moekb: %d paper entries added to the search index", added)

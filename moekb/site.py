@@ -25,6 +25,7 @@ HOME_SNIPPET = "snippets/home.md"
 VOCABULARY_SNIPPET = "snippets/vocabularies.md"  # included by docs/add-a-paper.md
 LATEST = 10
 DIAGRAM_PAPERS_PER_SUBCATEGORY = 8
+PAPERS_PER_SUBCATEGORY_ON_PERSPECTIVE = 10
 NEIGHBOURS_IN_DIAGRAM = 10  # per side of a paper's citation neighbourhood diagram
 GRAPH_PAGE = "graph/index.md"
 CHARTS_PAGE = "charts/index.md"
@@ -204,8 +205,13 @@ class SiteRenderer:
         out += [markup.fence("\n".join(diagram), "mermaid"), ""]
         for sub in perspective.subcategories:
             papers = self.kb.in_subcategory(sub.id)
-            out += [f"## [{md(sub.name)}]({rel(source, subcategory_path(perspective.id, sub.id))})", "",
-                    md(sub.description), "", self.papers_table(source, papers), ""]
+            target = rel(source, subcategory_path(perspective.id, sub.id))
+            # A sub-category's own page lists all its papers; here the most recent keep the page short
+            # however large the corpus grows (papers_table sorts the same way, newest first).
+            shown = sorted(papers, key=lambda p: (-p.year, p.title.casefold()))[:PAPERS_PER_SUBCATEGORY_ON_PERSPECTIVE]
+            out += [f"## [{md(sub.name)}]({target})", "", md(sub.description), "", self.papers_table(source, shown), ""]
+            if len(shown) < len(papers):
+                out += [f"The {len(shown)} most recent of {len(papers)} papers: [all {len(papers)} papers]({target}).", ""]
         return "\n".join(out)
 
     def subcategory_page(self, perspective: Perspective, sub: Subcategory) -> str:
@@ -231,7 +237,7 @@ class SiteRenderer:
         source = paper_path(paper.id)
         perspective, sub = self.tax.subcategory[paper.subcategory]
         venue = f"{md(self.tax.venue[paper.venue].name)} ({md(paper.venue)})" if paper.venue else "preprint"
-        out = [markup.title_heading(paper.title), "",
+        out = [markup.title_heading(paper.title, searched=False), "",  # entry by moekb.search
                f"**{', '.join(md(a) for a in paper.authors)}**", "",
                f"{paper.year} · {venue}", "",
                "| | |", "|---|---|",

@@ -1,0 +1,56 @@
+"""Search entries for the paper pages, made from the knowledge base instead of parsed from HTML.
+
+Material's search plugin indexes a page by parsing its rendered HTML section by section. With
+thousands of paper pages that was a fifth of the whole ``mkdocs build``, and it gave the browser an
+index of 11 MB for 2000 papers, most of it BibTeX, Mermaid source, citation lists and source URLs.
+Paper pages are therefore left out of the plugin (``search: exclude`` in their front matter, see
+:func:`moekb.markup.title_heading`) and the mkdocs hook appends one entry per paper to the index the
+plugin wrote: the title, and as text the authors, year, venue, identifiers, sub-category,
+modalities and summary, all escaped here because the theme shows an entry's text as HTML.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+from moekb.markup import html_text
+from moekb.model import KnowledgeBase
+from moekb.site import paper_path
+
+INDEX_PATH = Path("search") / "search_index.json"  # where the theme's search plugin writes its index
+
+
+def paper_search_entries(kb: KnowledgeBase) -> dict[str, dict[str, str]]:
+    """``{paper page path (as render_site names it): {"title": ..., "text": ...}}``, HTML-escaped."""
+    tax = kb.taxonomy
+    entries = {}
+    for paper in kb.papers:
+        _, sub = tax.subcategory[paper.subcategory]
+        venue = tax.venue[paper.venue].name if paper.venue else "preprint"
+        identifiers = [f"arXiv {paper.arxiv}" if paper.arxiv else "", f"DOI {paper.doi}" if paper.doi else ""]
+        paragraphs = [
+            ", ".join(paper.authors),
+            " · ".join(part for part in [str(paper.year), venue, *identifiers] if part),
+            " · ".join([sub.name, ", ".join(tax.modality[m].name for m in paper.modalities)]),
+            paper.summary,
+        ]
+        entries[paper_path(paper.id)] = {
+            "title": html_text(paper.title),
+            "text": " ".join(f"<p>{html_text(p)}</p>" for p in paragraphs),
+        }
+    return entries
+
+
+def add_to_search_index(site_dir: Path, entries: dict[str, dict[str, str]], url_of: Callable[[str], str]) -> int:
+    """Append ``entries`` to the index in ``site_dir``; ``url_of`` gives a page path's site URL.
+
+    Returns how many were added (0 when the site has no search index, e.g. search is disabled)."""
+    index_file = site_dir / INDEX_PATH
+    if not index_file.is_file():
+        return 0
+    index = json.loads(index_file.read_text(encoding="utf-8"))
+    index["docs"] += [{"location": url_of(path), **entry} for path, entry in entries.items()]
+    index_file.write_text(json.dumps(index, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
+    return len(entries)
