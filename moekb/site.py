@@ -26,6 +26,9 @@ VOCABULARY_SNIPPET = "snippets/vocabularies.md"  # included by docs/add-a-paper.
 LATEST = 10
 DIAGRAM_PAPERS_PER_SUBCATEGORY = 8
 PAPERS_PER_SUBCATEGORY_ON_PERSPECTIVE = 10
+# moekb.js filters the page's first papers table by every word typed here
+FILTER_BOX = ('<input type="search" class="moekb-filter md-input" placeholder="Filter papers by any word" '
+              'aria-label="Filter papers">')
 NEIGHBOURS_IN_DIAGRAM = 10  # per side of a paper's citation neighbourhood diagram
 GRAPH_PAGE = "graph/index.md"
 CHARTS_PAGE = "charts/index.md"
@@ -230,7 +233,7 @@ class SiteRenderer:
             out += ["## Research gaps addressed here", ""]
             out += [f"- [{md(self.tax.gap[g].name)}]({rel(source, gap_path(g))}): {n}" for g, n in sorted(gaps.items())]
             out.append("")
-        out += [f"## Papers ({len(papers)})", "", self.papers_table(source, papers), ""]
+        out += [f"## Papers ({len(papers)})", "", *([FILTER_BOX, ""] if papers else []), self.papers_table(source, papers), ""]
         return "\n".join(out)
 
     def paper_page(self, paper: Paper) -> str:
@@ -292,8 +295,7 @@ class SiteRenderer:
         return "\n".join([
             "# All papers", "",
             f"{len(self.kb.papers)} papers. Click a column header to sort; type to filter.", "",
-            '<input type="search" class="moekb-filter md-input" placeholder="Filter papers by any word" '
-            'aria-label="Filter papers">', "",
+            FILTER_BOX, "",
             self.papers_table(source, self.kb.papers, columns=("year", "venue", "perspective", "sub-category", "modalities")),
             "",
         ])

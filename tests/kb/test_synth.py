@@ -179,7 +179,7 @@ def test_each_paper_has_one_search_entry_made_from_the_knowledge_base(built_site
 
 
 def test_perspective_pages_stay_short_as_the_corpus_grows(tmp_path):
-    from moekb.site import PAPERS_PER_SUBCATEGORY_ON_PERSPECTIVE, render_site
+    from moekb.site import FILTER_BOX, PAPERS_PER_SUBCATEGORY_ON_PERSPECTIVE, render_site
 
     kb = load_knowledge_base(ROOT, write_synthetic_corpus(tmp_path / "big", 300, seed=1, root=ROOT))
     files = render_site(kb)
@@ -194,3 +194,4 @@ def test_perspective_pages_stay_short_as_the_corpus_grows(tmp_path):
                 assert f"[all {n} papers]({sub.id}.md)" in page
             sub_page = files[f"taxonomy/{perspective.id}/{sub.id}.md"]
             assert sum(1 for line in sub_page.splitlines() if line.startswith("| [")) == n
+            assert FILTER_BOX in sub_page, "a long sub-category list can be filtered"
