@@ -192,7 +192,8 @@ class CorpusWriter:
             if venue:
                 lines.append(f"venue: {venue}")
             if rng.random() < 0.4:
-                code = f"https://github.com/{family.lower().replace(chr(39), '')}-lab/{acronym.lower()}"
+                owner = "".join(ch for ch in family.lower() if ch.isascii() and ch.isalnum())
+                code = f"https://github.com/{owner}-lab/{acronym.lower()}"
                 lines.append(f"code: {code}")
                 sources.append(code)
             if paper_gaps:
