@@ -12,10 +12,11 @@ the pooled output heads are per modality. Training is the image-text contrastive
 layers can then split their capacity between the modalities, and the paper reports that
 **modality-specific experts emerge on their own**.
 
-Sharing experts across modalities brings a new failure mode. Image tokens outnumber text tokens
-(196 patches against 16 text tokens at B/16), and the classic V-MoE importance/load losses balance the
-*whole* token set. So they are satisfied even when all text tokens use a single expert, which the
-paper describes as unstable. LIMoE therefore adds entropy regularisers computed **per modality m**
+Sharing experts across modalities brings new challenges, which the abstract names as training
+stability and balanced expert use. Image tokens outnumber text tokens (196 patches of a 224-pixel
+image at patch size 16, against a caption of a few dozen tokens at most). Losses that balance the
+*whole* token set, like V-MoE's importance and load losses, can then be satisfied while every text
+token uses a single expert. LIMoE therefore adds entropy regularisers computed **per modality m**
 over that modality's ``n_m`` tokens, with router distribution ``p_m(experts | x_i)``:
 
     local:   Omega_local(G_m)  = (1/n_m) sum_i H(p_m(experts | x_i))   # want: each token decisive
@@ -39,12 +40,13 @@ specific to LIMoE.
 Sources and what could be checked
 ---------------------------------
 The full text of arXiv 2206.02770 could not be retrieved in the session that wrote this file (no
-network; the stored copies hold the abstract and the "soft minimum" paragraph of Sec. 2, which is
-quoted above). Checked against that text:
+network; the stored copies hold the abstract and the "soft minimum" paragraph on the entropy
+losses, quoted verbatim in a third-party file). That paragraph sits in the method section (Sec. 2 by
+recollection; the section number was not checked). Checked against that text:
 
 * one shared backbone for both modalities, contrastive image-text loss (abstract);
 * the per-modality local and global entropy losses and the thresholded global form
-  ``max{0, tau + Omega_global}``, ``tau = log(S)`` (Sec. 2, the auxiliary-losses paragraph).
+  ``max{0, tau + Omega_global}``, ``tau = log(S)`` (the entropy-loss paragraph).
 
 **Not checked** (from the V-MoE line LIMoE builds on, or from recollection of the paper). Each is
 a :class:`LIMoEConfig` field, so a reader with the paper can set it:
@@ -61,9 +63,16 @@ a :class:`LIMoEConfig` field, so a reader with the paper can set it:
 * learned temperature initialised so that the logit scale is 10 (the Google LiT/big_vision
   convention; CLIP initialises 1/0.07). The scale is clamped at 100 as in CLIP.
 
-The classic V-MoE importance and load losses, which the paper keeps alongside the entropy terms
-(recollection, unchecked), are whatever the core reports in ``aux_losses``. ``classic_aux_weight``
-weighs them, and its default of 0 leaves them out.
+Where this differs from V-MoE's routing code (google-research/vmoe ``vmoe/nn/routing.py``), because
+the shared core does not do it: V-MoE rounds the capacity up to a multiple of 4, adds Gaussian noise
+(std 1/E) to the router logits in training, and splits a batch into several routing groups. Here
+the whole batch is one group, without noise or rounding. V-MoE's classic importance and load losses,
+which the paper may keep alongside the entropy terms (recollection, unchecked), are not available
+either. ``classic_aux_weight`` weighs the core's Switch-style load-balancing loss instead, and its
+default of 0 leaves it out.
+
+``notebooks/learner_limoe.ipynb`` trains this model on synthetic shapes and captions, with and without
+the entropy losses, and plots each expert's share of image and text tokens.
 
 Shapes: B pairs per batch, N_i patches per image, N_t tokens per caption, d model width, E experts.
 """
@@ -77,14 +86,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reference_impls.moe import FeedForward, MoEOutput, SparseMoE
+from reference_impls.moe import FeedForward, MoEOutput, Priority, SparseMoE
 
 MODALITIES = ("image", "text")
 
 
 # ---------------------------------------------------------------------------------------------------
-# Per-modality entropy regularisers (paper Sec. 2). Call them once per modality with that modality's
-# tokens only: mixing modalities would let plentiful image tokens hide a collapsed text routing.
+# Per-modality entropy regularisers (the paper's entropy-loss paragraph). Call them once per
+# modality with that modality's tokens only: mixing modalities would let plentiful image tokens
+# hide a collapsed text routing.
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -113,7 +123,7 @@ def local_entropy_loss(router_probs: torch.Tensor) -> torch.Tensor:
 def global_entropy_loss(router_probs: torch.Tensor, soft_min_experts: float) -> torch.Tensor:
     """Thresholded global entropy, max(0, ln S - H(pbar)), with pbar the mean router distribution.
 
-    Paper Sec. 2: ``Omega^tau_global(G_m) = max{0, tau + Omega_global(G_m)}`` with
+    The paper's entropy-loss paragraph: ``Omega^tau_global(G_m) = max{0, tau + Omega_global(G_m)}`` with
     ``Omega_global = -H(pbar_m)`` and ``tau = ln S``. The loss is 0 once the modality's marginal
     expert usage has entropy of at least ln S, for instance uniform over S or more experts, and it is
     ``ln S`` when every token routes to the same expert. With ``S = E`` it is the unthresholded global
@@ -209,7 +219,7 @@ class LIMoEConfig:
     num_experts: int = 8
     top_k: int = 1
     capacity_factor: float | None = 1.0  # None: dropless
-    priority: str = "batch"  # "batch" = Batch Priority Routing; "position" = earlier tokens first
+    priority: Priority = "batch"  # "batch" = Batch Priority Routing; "position" = earlier tokens first
     renormalize: bool = False  # V-MoE combines with the raw softmax gates
     # Contrastive head.
     logit_scale_init: float = 10.0  # 1/T at initialisation
@@ -339,7 +349,7 @@ def entropy_losses(output: LIMoEOutput, config: LIMoEConfig) -> dict[str, torch.
     """Unweighted per-modality losses averaged over the MoE layers.
 
     Keys ``"{modality}_local"`` and ``"{modality}_global"`` for each modality present in the batch.
-    Each is computed over that modality's tokens only (paper Sec. 2).
+    Each is computed over that modality's tokens only, as in the paper.
     """
     losses: dict[str, torch.Tensor] = {}
     num_layers = len(output.router_probs)

@@ -1,21 +1,17 @@
 """Tests for reference_impls/limoe.py: the per-modality entropy losses, the contrastive loss, routing
 through the core (Batch Priority Routing) and the one-tower model's invariants.
 
-Numbers follow docs/shared research notes, section 11 items 18-21: local entropy in [0, ln E],
-thresholded global entropy in [0, ln S], per-modality independence, contrastive loss ln B.
+The numbers follow the research notes (reference_impls.md section 11, items 18-21): local entropy in
+[0, ln E], thresholded global entropy in [0, ln S], per-modality independence, contrastive loss ln B.
 """
 
 import dataclasses
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from reference_impls.limoe import (  # noqa: E402
+from reference_impls.limoe import (
     LIMoE,
     LIMoEConfig,
     contrastive_loss,
@@ -165,7 +161,8 @@ def test_contrastive_loss_for_orthonormal_pairs_matches_closed_form():
     eye = torch.eye(B)
     # Each row: logit `scale` for the partner, 0 for the other B-1.
     expected = -scale + math.log(math.exp(scale) + B - 1)
-    assert contrastive_loss(eye, eye, torch.tensor(math.log(scale))).item() == pytest.approx(expected, abs=1e-5)
+    loss = contrastive_loss(eye, eye, torch.tensor(math.log(scale)))
+    assert loss.item() == pytest.approx(expected, abs=1e-5)
 
 
 def test_contrastive_loss_is_symmetric_in_image_and_text():
