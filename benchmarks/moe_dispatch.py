@@ -3,8 +3,8 @@
 For (tokens, experts, k) = (4096, 8, 2), (512, 8, 2), (256, 64, 2), d_model 512, d_hidden 1024, fp32,
 this times forward and forward+backward of
 
-* ``SparseMoE``            the library layer (sort by expert, ``F.grouped_mm`` experts where available);
-* ``SparseMoE[loop]``      the same layer with ``expert_backend="loop"`` (per-expert loop over unbound weights);
+* ``SparseMoE``            the library layer as shipped (``expert_backend="auto"``), and in a second table
+                           the same layer with each expert backend forced: ``grouped_mm``, ``padded_bmm``, ``loop``;
 * ``masked loop``          the naive baseline: for each expert, mask its tokens, gather, FFN, ``index_add``;
 * ``padded bmm``           capacity-padded ``[E, C, d]`` buffers (C = the largest expert count, so nothing
                            is dropped) and one ``baddbmm`` per matrix, GShard/DeepSpeed-style buffers filled
@@ -25,6 +25,7 @@ the least noisy statistic). Run from the repository root:
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import sys
 import time
@@ -40,8 +41,7 @@ D_MODEL, D_HIDDEN = 512, 1024
 
 def masked_loop(moe: SparseMoE, x: torch.Tensor) -> torch.Tensor:
     """The textbook loop: one boolean mask per expert over all tokens."""
-    logits = moe.router(x)
-    r = route(logits, moe.top_k)
+    r = route(moe.router(x), moe.top_k)
     act = ACTIVATIONS[moe.experts.activation]
     ex = moe.experts
     out = torch.zeros_like(x)
@@ -50,15 +50,14 @@ def masked_loop(moe: SparseMoE, x: torch.Tensor) -> torch.Tensor:
         if token.numel() == 0:
             continue
         h = act(torch.addmm(b1, x[token], w1))
-        y = torch.addmm(b2, h, w2) * r.gates[token, choice].unsqueeze(-1)
+        y = torch.addmm(b2, h, w2) * r.gates[token, choice].to(x.dtype).unsqueeze(-1)
         out = out.index_add(0, token, y)
     return out
 
 
 def padded_bmm(moe: SparseMoE, x: torch.Tensor) -> torch.Tensor:
     """Capacity-padded buffers: slot ``position`` of expert ``e`` holds the token routed there."""
-    logits = moe.router(x)
-    r = route(logits, moe.top_k)
+    r = route(moe.router(x), moe.top_k)
     E, d = moe.num_experts, x.shape[-1]
     capacity = int(r.position.max()) + 1  # the largest expert count: dropless, minimal padding
     token = torch.arange(x.shape[0], device=x.device).unsqueeze(-1).expand_as(r.expert_index).reshape(-1)
@@ -68,27 +67,32 @@ def padded_bmm(moe: SparseMoE, x: torch.Tensor) -> torch.Tensor:
     act = ACTIVATIONS[ex.activation]
     h = act(torch.baddbmm(ex.b1.unsqueeze(1), buffers, ex.w1))
     y = torch.baddbmm(ex.b2.unsqueeze(1), h, ex.w2).view(E * capacity, d)
-    weighted = y[slot] * r.gates.reshape(-1, 1)
+    weighted = y[slot] * r.gates.reshape(-1, 1).to(x.dtype)
     return torch.zeros_like(x).index_add(0, token, weighted)
 
 
-def best_time(fn, repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
+def min_times(fns: dict, repeats: int, warmup: int) -> dict:
+    """Minimum wall time (ms) of every callable, with the repeats interleaved (a, b, c, a, b, c, ...)
+    so that a change in the load of the shared machine hits every variant alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    best = {name: float("inf") for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times) * 1e3
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], (time.perf_counter() - t0) * 1e3)
+    return best
 
 
-def time_variant(forward, params, x, repeats, warmup):
+def fwd_and_fwd_bwd(forward, params, x):
+    """Two callables: forward under no_grad, and forward + backward with a random upstream gradient."""
+    grad_out = torch.randn_like(x)  # not y.sum(): grouped_mm's backward rejects stride-0 gradients
+
     def fwd():
         with torch.no_grad():
             forward(x)
-
-    grad_out = torch.randn_like(x)  # not y.sum(): grouped_mm's backward rejects stride-0 gradients
 
     def fwd_bwd():
         for p in params:
@@ -96,59 +100,82 @@ def time_variant(forward, params, x, repeats, warmup):
         x.grad = None
         forward(x).backward(grad_out)
 
-    return best_time(fwd, repeats, warmup), best_time(fwd_bwd, repeats, warmup)
+    return fwd, fwd_bwd
 
 
-def weights_floor(num_experts: int, repeats: int, warmup: int) -> tuple[float, float]:
-    """Reading (and writing) the bytes of all expert weights, measured here and now."""
-    weights = torch.randn(2 * num_experts * D_MODEL * D_HIDDEN)
+def weight_streaming(num_experts: int, dtype: torch.dtype):
+    """Reading (and writing) the bytes of all expert weights: ``2 E d h`` values."""
+    weights = torch.randn(2 * num_experts * D_MODEL * D_HIDDEN, dtype=dtype)
     grads = torch.empty_like(weights)
-    read = best_time(lambda: weights.sum(), repeats, warmup)
-    read_write = best_time(lambda: grads.copy_(weights), repeats, warmup)
-    return read, read + read_write  # forward: 1 read; backward: 1 more read + 1 write
+    return (lambda: weights.sum()), (lambda: grads.copy_(weights))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 repeats instead of 7")
+    parser.add_argument("--repeats", type=int, help="override the number of repeats (7, or 3 with --quick)")
+    parser.add_argument("--config", type=int, action="append", choices=range(len(CONFIGS)),
+                        help="measure only this entry of CONFIGS (repeatable); default: all")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="bfloat16 selects grouped_mm on CUDA (SM >= 8.0)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     repeats, warmup = (3, 1) if args.quick else (7, 2)
+    repeats = args.repeats or repeats
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
-    print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, fp32, "
+    dtype = getattr(torch, args.dtype)
+    print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, {args.dtype}, "
           f"d_model {D_MODEL}, d_hidden {D_HIDDEN}; min of {repeats} repeats, ms (fwd / fwd+bwd)")
+    print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
 
     rows = []
-    for tokens, experts, k in CONFIGS:
-        moe = SparseMoE(D_MODEL, D_HIDDEN, experts, k).to(device)
-        moe_loop = SparseMoE(D_MODEL, D_HIDDEN, experts, k, expert_backend="loop").to(device)
-        moe_loop.load_state_dict(moe.state_dict())
-        dense = FeedForward(D_MODEL, k * D_HIDDEN).to(device)
-        x = torch.randn(tokens, D_MODEL, device=device, requires_grad=True)
-        params = list(moe.parameters())
-        t = {
-            "SparseMoE": time_variant(lambda v: moe(v).output, params, x, repeats, warmup),
-            "SparseMoE[loop]": time_variant(lambda v: moe_loop(v).output, list(moe_loop.parameters()), x,
-                                            repeats, warmup),
-            "masked loop": time_variant(lambda v: masked_loop(moe, v), params, x, repeats, warmup),
-            "padded bmm": time_variant(lambda v: padded_bmm(moe, v), params, x, repeats, warmup),
-            "dense k*h": time_variant(dense, list(dense.parameters()), x, repeats, warmup),
-            "weights floor": weights_floor(experts, repeats, warmup) if device.type == "cpu" else (float("nan"),) * 2,
+    for tokens, experts, k in [CONFIGS[i] for i in args.config] if args.config else CONFIGS:
+        moe = SparseMoE(D_MODEL, D_HIDDEN, experts, k).to(device, dtype)
+        forced = {}
+        for backend in ("grouped_mm", "padded_bmm", "loop"):
+            forced[backend] = SparseMoE(D_MODEL, D_HIDDEN, experts, k, expert_backend=backend).to(device, dtype)
+            forced[backend].load_state_dict(moe.state_dict())
+        dense = FeedForward(D_MODEL, k * D_HIDDEN).to(device, dtype)
+        x = torch.randn(tokens, D_MODEL, device=device, dtype=dtype, requires_grad=True)
+        variants = {
+            "SparseMoE": (lambda v: moe(v).output, list(moe.parameters())),
+            "masked loop": (lambda v: masked_loop(moe, v), list(moe.parameters())),
+            "padded bmm": (lambda v: padded_bmm(moe, v), list(moe.parameters())),
+            "dense k*h": (dense, list(dense.parameters())),
         }
-        rows.append(((tokens, experts, k), t))
+        for backend, m in forced.items():
+            variants[f"[{backend}]"] = ((lambda mm: lambda v: mm(v).output)(m), list(m.parameters()))
+        with torch.no_grad():
+            out = moe(x)
+            chosen = moe.experts.choose_backend(x, out.expert_counts)
+        fns = {}
+        for name, (forward, params) in variants.items():
+            fns[(name, 0)], fns[(name, 1)] = fwd_and_fwd_bwd(forward, params, x)
+        if device.type == "cpu":
+            fns["read"], fns["copy"] = weight_streaming(experts, dtype)
+        best = min_times(fns, repeats, warmup)
+        t = {name: (best[(name, 0)], best[(name, 1)]) for name in variants}
+        # forward: the weights are read once; backward: read again, and as many gradient bytes written
+        t["weights floor"] = (best["read"], best["read"] + best["copy"]) if "read" in best else (float("nan"),) * 2
+        rows.append(((tokens, experts, k), t, chosen))
+        print(f"  measured {(tokens, experts, k)}", flush=True)
 
-    names = list(rows[0][1])
-    header = f"{'(T, E, k)':>14} | " + " | ".join(f"{n:>17}" for n in names)
-    print(header)
-    print("-" * len(header))
-    for cfg, t in rows:
-        print(f"{str(cfg):>14} | " + " | ".join(f"{t[n][0]:7.1f} / {t[n][1]:7.1f}" for n in names))
+    print(f"load average at end: {os.getloadavg()[0]:.1f}")
+
+    def table(names, title):
+        header = f"{'(T, E, k)':>14} | " + " | ".join(f"{n:>17}" for n in names)
+        print(f"\n{title}\n{header}\n" + "-" * len(header))
+        for cfg, t, _ in rows:
+            print(f"{str(cfg):>14} | " + " | ".join(f"{t[n][0]:7.1f} / {t[n][1]:7.1f}" for n in names))
+
+    table(["SparseMoE", "masked loop", "padded bmm", "dense k*h", "weights floor"], "ms, fwd / fwd+bwd")
+    table(["[grouped_mm]", "[padded_bmm]", "[loop]"], "SparseMoE with each expert backend forced, ms, fwd / fwd+bwd")
 
     print("\nratios (fwd / fwd+bwd)")
-    for (tokens, experts, k), t in rows:
+    for (tokens, experts, k), t, chosen in rows:
         moe_t = t["SparseMoE"]
         best_alt = [min(t["masked loop"][i], t["padded bmm"][i]) for i in range(2)]
         parts = [
@@ -157,10 +184,9 @@ def main() -> None:
             ("SparseMoE / weights floor", [moe_t[i] / t["weights floor"][i] for i in range(2)]),
             ("masked loop / dense k*h", [t["masked loop"][i] / t["dense k*h"][i] for i in range(2)]),
         ]
-        print(f"  ({tokens}, {experts}, {k}):")
+        print(f"  ({tokens}, {experts}, {k}), expert backend chosen by auto: {chosen}")
         for name, (f, fb) in parts:
             print(f"    {name:<42} {f:5.2f} / {fb:5.2f}")
-
 
 if __name__ == "__main__":
     main()

@@ -46,8 +46,9 @@ DeepSpeed builds dense one-hot ``[S, E, C]`` dispatch/combine tensors and einsum
 ``O(k * cf * S^2 * d)``, quadratic in the number of tokens. Here dispatch sorts the kept (token, expert)
 assignments by expert (as MegaBlocks and ScatterMoE do), runs every expert on its contiguous block of
 rows, and adds the gate-weighted rows back per token with ``index_add``. Semantics are identical (the
-tests check this against a naive per-expert loop); only the cost differs. The expert computation is one
-``torch.nn.functional.grouped_mm`` call per matrix where the kernel exists (see ``Experts``).
+tests check this against a naive per-expert loop); only the cost differs. The experts run as one
+``torch.nn.functional.grouped_mm`` call per matrix where the kernel exists, or one ``bmm`` over padded
+buffers when there are few rows per expert on CPU (see ``Experts``, which says what was measured).
 
 Losses
 ------
@@ -285,23 +286,37 @@ def grouped_mm_available(x: Tensor) -> bool:
     return False
 
 
+ExpertBackend = Literal["auto", "grouped_mm", "padded_bmm", "loop"]
+
+
 class Experts(nn.Module):
     """``E`` FFN experts ``fc2_e(act(fc1_e(x)))`` with stacked weights ``w1 [E, d, h]``, ``w2 [E, h, d]``.
 
-    ``forward`` takes expert-contiguous rows (``Dispatch`` order) and the rows per expert. Two
-    implementations of the same product, chosen by ``backend``:
+    ``forward`` takes expert-contiguous rows (``Dispatch`` order) and the rows per expert. Three
+    implementations of the same product, chosen by ``backend``; the tests check each against a naive
+    loop, values and gradients:
 
-    * ``"grouped_mm"``: one ``F.grouped_mm`` per matrix, with ``offs = cumsum(counts)``. Biases are
-      added as ``one_hot(expert_of_row) @ b`` (``grouped_mm``'s own ``bias`` argument is not
-      differentiable, and gathering ``b[expert_of_row]`` has a scatter-add backward onto E rows that
-      took longer than the GEMMs on CPU).
+    * ``"grouped_mm"``: one ``F.grouped_mm`` per matrix, with ``offs = cumsum(counts)``: no padding, no
+      Python loop. Biases are added as ``one_hot(expert_of_row) @ b`` (``grouped_mm``'s own ``bias``
+      argument is not differentiable, and gathering ``b[expert_of_row]`` has a scatter-add backward
+      onto E rows that took longer than the GEMMs on CPU).
+    * ``"padded_bmm"``: copy the rows into ``[E, C, d]`` buffers with ``C`` = the largest expert's row
+      count (GShard/DeepSpeed-style capacity buffers, but filled by index and never dropping), one
+      ``baddbmm`` per matrix, and read the used slots back. Padding costs FLOPs, but with a few rows
+      per expert the per-expert GEMMs are small and inefficient anyway, and one batched call
+      parallelises across experts. Empty slots get zero gradient.
     * ``"loop"``: ``unbind`` the stacked weights *once* and loop over experts with non-empty rows.
       Unbinding outside the loop matters: indexing ``w1[e]`` inside it makes the backward build E
       full-size ``[E, d, h]`` gradient buffers, ``O(E^2 d h)`` work (7.3 s vs 0.19 s at E=64 on CPU).
-    * ``"auto"`` (default): ``grouped_mm`` where ``grouped_mm_available``, else the loop. On the 2-core
-      CPU (torch 2.13) the two were measured equal within noise at 4096 tokens, and grouped_mm was
-      faster with few tokens per expert (see docs/impls/moe_llava.md and benchmarks/moe_dispatch.py),
-      and on GPUs it is the kernel designed for this layout.
+    * ``"auto"`` (default), from ``benchmarks/moe_dispatch.py`` on a 2-core CPU, torch 2.13, d=512,
+      h=1024, forward+backward (figures in docs/impls/moe_llava.md):
+        - on CPU with at most 32 rows per expert on average (and padding at most 4x the rows):
+          ``padded_bmm``. At T=256, E=64, k=2 it took 128 ms against 138 ms for ``grouped_mm`` and
+          151 ms for the loop: ``grouped_mm``'s CPU kernel runs one small GEMM per group, and its
+          weight-gradient product alone measured ~1.5x slower than one ``bmm`` over padded buffers;
+        - otherwise ``grouped_mm`` where ``grouped_mm_available`` (CPU, or bf16 on CUDA SM >= 8.0, the
+          kernel made for this layout). At T=4096, E=8 all three were within 5% (301 / 309 / 295 ms);
+        - else the loop (e.g. fp32 on CUDA), whose memory does not depend on the routing.
     """
 
     def __init__(
@@ -312,9 +327,11 @@ class Experts(nn.Module):
         *,
         activation: str = "gelu",
         bias: bool = True,
-        backend: Literal["auto", "grouped_mm", "loop"] = "auto",
+        backend: ExpertBackend = "auto",
     ):
         super().__init__()
+        if backend not in ("auto", "grouped_mm", "padded_bmm", "loop"):
+            raise ValueError(f"unknown expert backend {backend!r}")
         self.num_experts, self.d_model, self.d_hidden = num_experts, d_model, d_hidden
         self.activation, self.backend = activation, backend
         self.w1 = nn.Parameter(torch.empty(num_experts, d_model, d_hidden))
@@ -340,29 +357,58 @@ class Experts(nn.Module):
             self.b1.copy_(ffn.fc1.bias.expand_as(self.b1))
             self.b2.copy_(ffn.fc2.bias.expand_as(self.b2))
 
-    def forward(self, x: Tensor, counts: Tensor, expert_of_row: Tensor | None = None) -> Tensor:
-        """``x [N, d]`` expert-contiguous rows, ``counts [E]`` rows per expert -> ``[N, d]``."""
-        act = ACTIVATIONS[self.activation]
-        use_grouped = self.backend == "grouped_mm" or (self.backend == "auto" and grouped_mm_available(x))
-        if use_grouped:
-            offs = torch.cumsum(counts, 0).to(torch.int32)
-            h = F.grouped_mm(x, self.w1, offs=offs)
-            if self.b1 is not None:
-                # Per-row bias as a one-hot [N, E] @ [E, h] product: its backward is a GEMM, whereas
-                # the backward of gathering b1[expert_of_row] is a scatter-add onto E rows (slow).
-                if expert_of_row is None:
-                    expert_of_row = torch.repeat_interleave(torch.arange(self.num_experts, device=x.device), counts)
-                one_hot = F.one_hot(expert_of_row, self.num_experts).to(x.dtype)
-                h = h.addmm_(one_hot, self.b1)  # in place: grouped_mm's backward needs x, not h
-            y = F.grouped_mm(act(h), self.w2, offs=offs)
-            return y.addmm_(one_hot, self.b2) if self.b2 is not None else y
+    def choose_backend(self, x: Tensor, counts: Tensor) -> str:
+        if self.backend != "auto":
+            return self.backend
+        rows = x.shape[0]
+        if x.device.type == "cpu" and 0 < rows <= 32 * self.num_experts:
+            if self.num_experts * int(counts.max()) <= 4 * rows:
+                return "padded_bmm"
+        return "grouped_mm" if grouped_mm_available(x) else "loop"
 
-        rows = x.split(counts.tolist())
+    def forward(self, x: Tensor, counts: Tensor, expert_of_row: Tensor | None = None) -> Tensor:
+        """``x [N, d]`` expert-contiguous rows, ``counts [E]`` rows per expert, ``expert_of_row [N]``
+        (optional: derived from ``counts``) -> ``[N, d]``."""
+        backend = self.choose_backend(x, counts)
+        if backend == "loop":
+            return self._loop(x, counts)
+        if expert_of_row is None:
+            expert_of_row = torch.repeat_interleave(torch.arange(self.num_experts, device=x.device), counts)
+        if backend == "padded_bmm":
+            return self._padded_bmm(x, counts, expert_of_row)
+        return self._grouped_mm(x, counts, expert_of_row)
+
+    def _grouped_mm(self, x: Tensor, counts: Tensor, expert_of_row: Tensor) -> Tensor:
+        act = ACTIVATIONS[self.activation]
+        offs = torch.cumsum(counts, 0).to(torch.int32)
+        h = F.grouped_mm(x, self.w1, offs=offs)
+        if self.b1 is not None:
+            # per-row bias as a one-hot [N, E] @ [E, h] GEMM (its backward is a GEMM too)
+            one_hot = F.one_hot(expert_of_row, self.num_experts).to(x.dtype)
+            h = h.addmm_(one_hot, self.b1)  # in place: grouped_mm's backward needs x, not h
+        y = F.grouped_mm(act(h), self.w2, offs=offs)
+        return y.addmm_(one_hot, self.b2) if self.b2 is not None else y
+
+    def _padded_bmm(self, x: Tensor, counts: Tensor, expert_of_row: Tensor) -> Tensor:
+        act = ACTIVATIONS[self.activation]
+        E, capacity = self.num_experts, int(counts.max())
+        first_row = torch.cumsum(counts, 0) - counts
+        slot = expert_of_row * capacity + torch.arange(x.shape[0], device=x.device) - first_row[expert_of_row]
+        buffers = x.new_zeros(E * capacity, x.shape[-1]).index_copy(0, slot, x).view(E, capacity, -1)
+        if self.b1 is not None:
+            h = act(torch.baddbmm(self.b1.unsqueeze(1), buffers, self.w1))
+            y = torch.baddbmm(self.b2.unsqueeze(1), h, self.w2)
+        else:
+            y = torch.bmm(act(torch.bmm(buffers, self.w1)), self.w2)
+        return y.view(E * capacity, -1).index_select(0, slot)
+
+    def _loop(self, x: Tensor, counts: Tensor) -> Tensor:
+        act = ACTIVATIONS[self.activation]
         w1, w2 = self.w1.unbind(0), self.w2.unbind(0)
         b1 = self.b1.unbind(0) if self.b1 is not None else [None] * self.num_experts
         b2 = self.b2.unbind(0) if self.b2 is not None else [None] * self.num_experts
         outs = []
-        for e, xe in enumerate(rows):
+        for e, xe in enumerate(x.split(counts.tolist())):
             if xe.shape[0] == 0:
                 continue
             he = act(torch.addmm(b1[e], xe, w1[e]) if b1[e] is not None else xe @ w1[e])
@@ -455,7 +501,7 @@ class SparseMoE(nn.Module):
         second_expert_sampling: SecondExpertSampling = "off",
         activation: str = "gelu",
         bias: bool = True,
-        expert_backend: Literal["auto", "grouped_mm", "loop"] = "auto",
+        expert_backend: ExpertBackend = "auto",
     ):
         super().__init__()
         if not 1 <= top_k <= num_experts:
@@ -521,6 +567,7 @@ class SparseMoE(nn.Module):
 __all__ = [
     "ACTIVATIONS",
     "Dispatch",
+    "ExpertBackend",
     "Experts",
     "FeedForward",
     "MoEOutput",

@@ -40,7 +40,8 @@ What is scaled down or differs, and why
   ``second_expert_sampling="train"`` keeps the training behaviour and makes evaluation deterministic;
   ``"always"`` reproduces DeepSpeed exactly.
 * Learning rates are the caller's: the official 1e-3 / 2e-5 / 2e-5 fine-tune a pretrained 2.7B model;
-  a 100k-parameter model from scratch needs larger steps (the notebook uses 3e-3 / 1e-3 / 1e-3).
+  a 300k-parameter model from scratch needs larger steps (the notebook uses 1e-2 / 1e-3 / 1e-3, and
+  3e-3 for a text-only "stage 0" that stands in for starting from a pretrained LM; ``set_stage(0)``).
 """
 
 from __future__ import annotations

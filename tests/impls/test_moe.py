@@ -23,7 +23,7 @@ from reference_impls.moe import (
 )
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-BACKENDS = ["grouped_mm", "loop"]
+BACKENDS = ["grouped_mm", "padded_bmm", "loop"]
 
 
 def naive_moe(moe: SparseMoE, x: torch.Tensor, capacity_factor=None, priority="position",
