@@ -27,13 +27,29 @@ def open_explorer(tab, site):
     tab.page.wait_for_selector("#moekb-explorer[data-ready=true]")
 
 
+def visible_nodes_once_settled(page, expected: set[str], timeout_ms: int = 5000) -> set[str]:
+    """The ids Cytoscape draws, read once they equal ``expected`` or the time is up (Cytoscape
+    applies style changes on its next frame, so an immediate read can see the previous state)."""
+    try:
+        page.wait_for_function(f"(want) => {{ const got = {VISIBLE_NODES}; return got.length === want.length && "
+                               "want.every(id => got.includes(id)); }", arg=sorted(expected), timeout=timeout_ms)
+    except Exception:  # noqa: BLE001 - the assertion below reports the difference
+        pass
+    return set(page.evaluate(VISIBLE_NODES))
+
+
 def node_on_screen(tab, paper_id: str) -> tuple[float, float]:
     """Where a node is drawn, in page coordinates (Cytoscape draws on a canvas, not in the DOM)."""
-    canvas = tab.page.locator(".moekb-explorer__canvas")
-    canvas.scroll_into_view_if_needed()  # the mouse only reaches what is in the viewport
+    page = tab.page
+    canvas = page.locator(".moekb-explorer__canvas")
+    x, y = page.evaluate(f"(() => {{ const p = moekbExplorer.getElementById({paper_id!r}).renderedPosition(); "
+                         "return [p.x, p.y]; })()")
+    # The mouse only reaches what is in the viewport: scroll the node itself (not just some part of
+    # the canvas) to the middle of the window; Cytoscape notices the scroll.
+    top = page.evaluate("document.querySelector('.moekb-explorer__canvas').getBoundingClientRect().top + window.scrollY")
+    page.evaluate(f"window.scrollTo(0, {top + y} - window.innerHeight / 2)")
+    page.wait_for_timeout(200)
     box = canvas.bounding_box()
-    x, y = tab.page.evaluate(f"(() => {{ const p = moekbExplorer.getElementById({paper_id!r}).renderedPosition(); "
-                             "return [p.x, p.y]; })()")
     return box["x"] + x, box["y"] + y
 
 
@@ -64,8 +80,9 @@ def test_perspective_filter_hides_the_other_perspectives(site, tab, papers):
     for perspective in by_perspective:
         if perspective != keep:
             page.locator(f"input[name=perspective][value={perspective}]").uncheck()
-    visible = set(page.evaluate(VISIBLE_NODES))
-    assert visible == {p["id"] for p in papers if p["perspective"] == keep}
+    expected = {p["id"] for p in papers if p["perspective"] == keep}
+    visible = visible_nodes_once_settled(page, expected)
+    assert visible == expected
     visible_edges = page.evaluate("moekbExplorer.edges(':visible').map(e => [e.source().id(), e.target().id()])")
     assert visible_edges == [] or all(s in visible and t in visible for s, t in visible_edges)
     assert len(visible_edges) == sum(1 for p in papers if p["id"] in visible for t in p.get("cites", []) if t in visible)
@@ -83,14 +100,14 @@ def test_sub_category_modality_gap_and_year_filters_combine(site, tab, papers):
     page.locator("select[name=gap]").select_option(gap)
     page.locator("input[name=from]").fill(str(start))
     expected = {p["id"] for p in papers if gap in p.get("gaps", []) and p["year"] >= start}
-    assert expected and set(page.evaluate(VISIBLE_NODES)) == expected
+    assert expected and visible_nodes_once_settled(page, expected) == expected
     shown = [p for p in papers if p["id"] in expected]
     sub = Counter(p["subcategory"] for p in shown).most_common(1)[0][0]
     modality = next(m for p in shown if p["subcategory"] == sub for m in p["modalities"])
     page.locator("select[name=subcategory]").select_option(sub)
     page.locator("select[name=modality]").select_option(modality)
     expected = {p["id"] for p in shown if p["subcategory"] == sub and modality in p["modalities"]}
-    assert expected and set(page.evaluate(VISIBLE_NODES)) == expected
+    assert expected and visible_nodes_once_settled(page, expected) == expected
     tab.assert_clean()
 
 

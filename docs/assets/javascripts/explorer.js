@@ -176,6 +176,9 @@
             !(edge.source().hasClass("match") || edge.target().hasClass("match")));
         });
       });
+      // Recompute styles now rather than on the next animation frame, so that what a script (or a
+      // test) reads through ':visible' right after a filter change agrees with the status line.
+      cy.elements().updateStyle();
       var edges = cy.edges().not(".hidden").length;
       status.textContent = "Showing " + visible + " of " + data.nodes.length + " papers and " + edges + " of " +
         data.edges.length + " citations" + (words.length ? "; " + matches + " match the search" : "") + ".";
