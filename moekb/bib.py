@@ -17,7 +17,7 @@ from pylatexenc.latex2text import LatexNodes2Text, MacroTextSpec, get_default_la
 from pylatexenc.latexencode import UnicodeToLatexEncoder
 from bibtexparser.model import Entry, Field
 
-from moekb.model import KnowledgeBase, Paper, Taxonomy
+from moekb.model import Paper, Taxonomy
 
 
 JOURNALS = {"JMLR", "TMLR", "TPAMI", "TIP", "TMM", "TOMM", "Mathematics", "Neural-Computation", "Information-Fusion"}
@@ -119,10 +119,6 @@ def bibtex(papers: list[Paper], taxonomy: Taxonomy) -> str:
 def join_entries(entries) -> str:
     """Entries written by :func:`bibtex_entries` as one file, separated as bibtexparser separates them."""
     return bibtex_format().block_separator.join(entries)
-
-
-def paper_bibtex(paper: Paper, kb: KnowledgeBase) -> str:
-    return bibtex([paper], kb.taxonomy)
 
 
 def latex_decoder() -> LatexNodes2Text:
