@@ -81,3 +81,12 @@ def normalized_title(title: str) -> str:
     text = "".join(ch for ch in text if not unicodedata.combining(ch))
     text = re.sub(r"\\[a-zA-Z]+|[{}$]", "", text).casefold()
     return " ".join(re.sub(r"[^0-9a-z]+", " ", text).split())
+
+
+def unique(base: str, taken: set[str], *, separator: str = "", first: int = 2) -> str:
+    """``base``, or ``base`` + separator + the first free number from ``first`` on; added to ``taken``."""
+    name, n = base, first
+    while name in taken:
+        name, n = f"{base}{separator}{n}", n + 1
+    taken.add(name)
+    return name

@@ -42,9 +42,12 @@ def code(text: str) -> str:
     return f"{ticks}{pad}{one_line}{pad}{ticks}"
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def html_text(text: str) -> str:
-    """Contributor text as inert HTML text: one line, hidden characters shown, HTML-escaped."""
-    return html.escape(" ".join(reveal_hidden(str(text)).split()), quote=True)
+    """Contributor text as inert HTML text: one line, hidden characters shown, HTML-escaped, and
+    brackets as entities, so that no Markdown link syntax appears should Markdown ever read it."""
+    escaped = html.escape(" ".join(reveal_hidden(str(text)).split()), quote=True)
+    return escaped.replace("[", "&#91;").replace("]", "&#93;")
 
 
 def title_heading(text: str, *, searched: bool = True) -> str:
@@ -59,9 +62,13 @@ def title_heading(text: str, *, searched: bool = True) -> str:
 
     ``searched=False`` keeps the theme's search plugin from parsing the page (its entry is then
     written by :mod:`moekb.search`)."""
-    plain = html_text(text).replace("[", "&#91;").replace("]", "&#93;")
+    return f"{front_matter(text, searched=searched)}\n# {md(text)}"
+
+
+def front_matter(title: str, *, searched: bool = True) -> str:
+    """The front matter of :func:`title_heading`, for pages that write their own H1."""
     search = "" if searched else "search:\n  exclude: true\n"
-    return f"---\ntitle: {json.dumps(plain)}\n{search}---\n\n# {md(text)}"
+    return f"---\ntitle: {json.dumps(html_text(title))}\n{search}---\n"
 
 
 def safe_url(url: str | None) -> str | None:
@@ -108,3 +115,55 @@ def table(header: list[str], rows: list[list[str]], attrs: str = "") -> str:
     lines += ["| " + " | ".join(cell or " " for cell in row) + " |" for row in rows]
     body = "\n".join(lines)
     return f'<div {attrs} markdown="1">\n\n{body}\n\n</div>' if attrs else body
+
+
+# -- HTML pages ----------------------------------------------------------------------------------
+# Paper pages are written as HTML (see moekb.prerendered): thousands of them would otherwise each
+# go through Python-Markdown. These helpers produce the markup Python-Markdown and the configured
+# extensions (toc permalinks, admonition, superfences, pymdownx.highlight) would, so the theme's
+# CSS and scripts treat both kinds of page alike.
+
+def html_link(label_html: str, target: str) -> str:
+    """A link whose label is already HTML; ``target`` is an http(s) URL or a generated page path."""
+    return f'<a href="{html.escape(target, quote=True)}">{label_html}</a>'
+
+
+def external_html_link(label: str, url: str | None) -> str:
+    """Like :func:`link`, as HTML: a link only for a plain http(s) URL, else the escaped label."""
+    target = safe_url(url)
+    return html_link(html_text(label), target) if target else html_text(label)
+
+
+def html_heading(level: int, text_html: str, anchor: str) -> str:
+    """A heading with the permalink the ``toc`` extension adds (``permalink: true``)."""
+    return (f'<h{level} id="{anchor}">{text_html}<a class="headerlink" href="#{anchor}" '
+            f'title="Permanent link">&para;</a></h{level}>')
+
+
+def html_list(items_html: list[str]) -> str:
+    return "<ul>\n" + "\n".join(f"<li>{item}</li>" for item in items_html) + "\n</ul>"
+
+
+def html_code_block(code: str, language: str) -> str:
+    """A highlighted block as pymdownx.highlight writes it (Pygments' token classes), or a Mermaid
+    block as superfences' ``fence_code_format`` writes it, which the Mermaid script draws."""
+    code = reveal_hidden(code).rstrip()
+    if language == "mermaid":
+        return f'<pre class="mermaid"><code>{html.escape(code, quote=False)}</code></pre>'
+    from pygments import highlight  # imported on first use: most commands never highlight
+
+    body = highlight(code, *_pygments(language))
+    return f'<div class="highlight"><pre><span></span><code>{body}</code></pre></div>'
+
+
+@functools.lru_cache(maxsize=None)
+def _pygments(language: str):
+    from pygments.formatters import HtmlFormatter
+    from pygments.lexers import get_lexer_by_name
+
+    return get_lexer_by_name(language), HtmlFormatter(nowrap=True)
+
+
+def html_note(title: str, text_html: str) -> str:
+    """A ``!!! note`` admonition."""
+    return f'<div class="admonition note">\n<p class="admonition-title">{html_text(title)}</p>\n<p>{text_html}</p>\n</div>'

@@ -15,6 +15,7 @@ from moekb.build import GENERATED, build
 from moekb.errors import MoekbError
 from moekb.search import add_to_search_index, paper_search_entries
 from moekb.graph import citation_graph, cycle_warnings
+from moekb.prerendered import LinkResolver, PrerenderedPage, is_prerendered
 
 log = logging.getLogger("mkdocs.moekb")
 GENERATED_IN_DOCS = GENERATED.relative_to("docs").as_posix()  # docs/generated/x.md is page generated/x.md
@@ -33,6 +34,15 @@ def on_pre_build(config, **kwargs) -> None:
     # a WARNING would fail `mkdocs build --strict`.
     for warning in cycle_warnings(citation_graph(kb)):
         log.info("moekb: warning: %s", warning)
+
+
+def on_files(files, config, **kwargs):
+    """Paper pages are HTML already: give them a page that skips Python-Markdown (moekb.prerendered)."""
+    links = LinkResolver(files)
+    for file in files.documentation_pages():
+        if is_prerendered(file):
+            PrerenderedPage(file, config, links)  # sets file.page; mkdocs keeps a page a plugin set
+    return files
 
 
 @event_priority(-100)  # after the search plugin has written its index (default priority 0)

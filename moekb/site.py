@@ -14,10 +14,13 @@ import json
 import posixpath
 from collections import Counter
 
+from markdown.extensions.toc import slugify
+
 from moekb import markup
 from moekb.bib import bibtex_entries, join_entries
 from moekb.charts import GAP_HEATMAP, PAPERS_PER_YEAR, render_charts, year_series
 from moekb.graph import LIST_SEPARATOR, citation_graph, explorer_data, graph_graphml, graph_json, summarise
+from moekb.identifiers import unique
 from moekb.markup import md
 from moekb.model import KnowledgeBase, Paper, Perspective, Subcategory
 
@@ -74,6 +77,17 @@ def rel(source: str, target: str) -> str:
 def relative_folder(target_folder: str, source_folder: str) -> str:
     # Thousands of pages link between a handful of folders: relpath once per pair of folders.
     return posixpath.relpath(target_folder or ".", source_folder or ".")
+
+
+class Anchors:
+    """Heading ids as the ``toc`` extension makes them: slugified, and unique within the page."""
+
+    def __init__(self):
+        self.used: set[str] = set()
+
+    def new(self, heading: str) -> str:
+        base = slugify(" ".join(markup.reveal_hidden(heading).split()), "-") or "section"
+        return unique(base, self.used, separator="_", first=1)
 
 
 class SiteRenderer:
@@ -237,45 +251,62 @@ class SiteRenderer:
         return "\n".join(out)
 
     def paper_page(self, paper: Paper) -> str:
+        """One paper, written as HTML under front matter: see :mod:`moekb.prerendered` for why and
+        how mkdocs renders it. Links name the generated ``.md`` pages, as in every other page."""
         source = paper_path(paper.id)
         perspective, sub = self.tax.subcategory[paper.subcategory]
-        venue = f"{md(self.tax.venue[paper.venue].name)} ({md(paper.venue)})" if paper.venue else "preprint"
-        out = [markup.title_heading(paper.title, searched=False), "",  # entry by moekb.search
-               f"**{', '.join(md(a) for a in paper.authors)}**", "",
-               f"{paper.year} · {venue}", "",
-               "| | |", "|---|---|",
-               f"| Perspective | [{md(perspective.name)}]({rel(source, perspective_path(perspective.id))}) |",
-               f"| Sub-category | [{md(sub.name)}]({rel(source, subcategory_path(perspective.id, sub.id))}) |",
-               f"| Modalities | {', '.join(md(self.tax.modality[m].name) for m in paper.modalities)} |"]
+        text, link = markup.html_text, markup.html_link
+        anchors = Anchors()
+        venue = f"{text(self.tax.venue[paper.venue].name)} ({text(paper.venue)})" if paper.venue else "preprint"
+        facts = [("Perspective", link(text(perspective.name), rel(source, perspective_path(perspective.id)))),
+                 ("Sub-category", link(text(sub.name), rel(source, subcategory_path(perspective.id, sub.id)))),
+                 ("Modalities", ", ".join(text(self.tax.modality[m].name) for m in paper.modalities))]
         if paper.gaps:
-            out.append("| Research gaps | " + ", ".join(
-                f"[{md(self.tax.gap[g].name)}]({rel(source, gap_path(g))})" for g in paper.gaps) + " |")
-        out += ["", "## Summary", "", md(paper.summary), "", "## Links", ""]
+            facts.append(("Research gaps", ", ".join(link(text(self.tax.gap[g].name), rel(source, gap_path(g)))
+                                                     for g in paper.gaps)))
+        out = [markup.front_matter(paper.title, searched=False),  # the search entry is written by moekb.search
+               markup.html_heading(1, text(paper.title), anchors.new(paper.title)),
+               f"<p><strong>{', '.join(text(a) for a in paper.authors)}</strong></p>",
+               f"<p>{paper.year} · {venue}</p>",
+               "<table>\n<tbody>", *[f"<tr>\n<td>{name}</td>\n<td>{value}</td>\n</tr>" for name, value in facts],
+               "</tbody>\n</table>"]
+
+        def section(level: int, title: str) -> str:
+            return markup.html_heading(level, text(title), anchors.new(title))
+
+        links = []
         if paper.arxiv:
-            out.append(f"- arXiv {md(paper.arxiv)}: {markup.link('abstract', paper.arxiv_url)} · "
-                       f"{markup.link('PDF', paper.arxiv_pdf_url)}")
+            links.append(f"arXiv {text(paper.arxiv)}: {markup.external_html_link('abstract', paper.arxiv_url)} · "
+                         f"{markup.external_html_link('PDF', paper.arxiv_pdf_url)}")
         if paper.doi:
-            out.append(f"- DOI: {markup.link(paper.doi, paper.doi_url)}")
+            links.append(f"DOI: {markup.external_html_link(paper.doi, paper.doi_url)}")
         if paper.url:
-            out.append(f"- Web page: {markup.link(paper.url, paper.url)}")
+            links.append(f"Web page: {markup.external_html_link(paper.url, paper.url)}")
         if paper.code:
-            out.append(f"- Code: {markup.link(paper.code, paper.code)}")
+            links.append(f"Code: {markup.external_html_link(paper.code, paper.code)}")
+        out += [section(2, "Summary"), f"<p>{text(paper.summary)}</p>", section(2, "Links"),
+                markup.html_list(links) if links else "<p><em>None recorded.</em></p>"]
         cites = [self.kb.paper[i] for i in paper.cites if i in self.kb.paper]
         cited_by = [self.kb.paper[i] for i in self.kb.cited_by[paper.id]]
-        out += ["", "## Citations within the knowledge base", "",
-                f"### Cites ({len(cites)})", ""]
-        out += [f"- {self.paper_link(source, p)} ({p.year})" for p in cites] or ["_None recorded._"]
-        out += ["", f"### Cited by ({len(cited_by)})", ""]
-        out += [f"- {self.paper_link(source, p)} ({p.year})" for p in cited_by] or ["_None in the knowledge base._"]
+
+        def listing(papers: list[Paper], empty: str) -> str:
+            if not papers:
+                return f"<p><em>{empty}</em></p>"
+            return markup.html_list([f"{link(text(p.title), rel(source, paper_path(p.id)))} ({p.year})" for p in papers])
+
+        out += [section(2, "Citations within the knowledge base"),
+                section(3, f"Cites ({len(cites)})"), listing(cites, "None recorded."),
+                section(3, f"Cited by ({len(cited_by)})"), listing(cited_by, "None in the knowledge base.")]
         if cites or cited_by:
-            out += ["", "### Neighbourhood", "", self.neighbourhood_diagram(paper, cites, cited_by)]
-        out += ["", "## BibTeX", "", markup.fence(self.bibtex[paper.id], "bibtex"), "",
-                "## Sources", "", "Metadata checked against:", ""]
-        out += [f"- {markup.link(u, u)}" for u in paper.verified_from]
+            out += [section(3, "Neighbourhood"),
+                    markup.html_code_block(self.neighbourhood_diagram(paper, cites, cited_by), "mermaid")]
+        out += [section(2, "BibTeX"), markup.html_code_block(self.bibtex[paper.id], "bibtex"),
+                section(2, "Sources"), "<p>Metadata checked against:</p>",
+                markup.html_list([markup.external_html_link(u, u) for u in paper.verified_from])]
         if paper.notes:
-            out += ["", f"!!! note \"Notes\"\n    {md(paper.notes)}"]
+            out.append(markup.html_note("Notes", text(paper.notes)))
         if paper.added:
-            out += ["", f"<small>Added {paper.added.isoformat()}.</small>"]
+            out.append(f"<p><small>Added {paper.added.isoformat()}.</small></p>")
         return "\n".join(out) + "\n"
 
     def neighbourhood_diagram(self, paper: Paper, cites: list[Paper], cited_by: list[Paper]) -> str:
@@ -288,7 +319,7 @@ class SiteRenderer:
             if len(papers) > len(shown):
                 nodes.append(f'{side}more["{len(papers) - len(shown)} more"]')
             lines += [f"  {node} --> P" if side == "C" else f"  P --> {node}" for node in nodes]
-        return markup.fence("\n".join(lines), "mermaid")
+        return "\n".join(lines)
 
     def all_papers(self) -> str:
         source = "papers/index.md"

@@ -19,7 +19,7 @@ from typing import Callable, TypeVar
 
 from moekb.bib import JOURNALS
 from moekb.errors import MoekbError, Problem
-from moekb.identifiers import normalized_title
+from moekb.identifiers import normalized_title, unique
 from moekb.load import load_taxonomy, project_root
 from moekb.model import Taxonomy
 from moekb.output import write_atomic
@@ -106,12 +106,7 @@ class CorpusWriter:
 
     def paper_id(self, family: str, year: int, acronym: str) -> str:
         base = "".join(ch for ch in f"{family}{year}{acronym}".lower() if ch.isascii() and ch.isalnum())
-        ident, n = base, 1
-        while ident in self.ids:
-            n += 1
-            ident = f"{base}{n}"
-        self.ids.add(ident)
-        return ident
+        return unique(base, self.ids)
 
     def arxiv(self, year: int) -> str:
         """A fresh identifier in a month of ``year``: 4 digits before 2015, 5 from 2015 (as arXiv)."""

@@ -145,7 +145,8 @@ def test_site_has_explorer_charts_and_graph_downloads(small_kb):
         svg = files[f"charts/{name}"]
         assert svg.lstrip().startswith("<?xml") and "<svg" in svg
         assert f"]({name})" in files["charts/index.md"]
-    assert "### Neighbourhood" in files["papers/b2023x.md"] and "### Neighbourhood" not in files["papers/d2021x.md"]
+    assert ">Neighbourhood<" in files["papers/b2023x.md"] and ">Neighbourhood<" not in files["papers/d2021x.md"]
+    assert '<pre class="mermaid"><code>flowchart LR' in files["papers/b2023x.md"]
 
 
 def test_charts_count_what_the_corpus_holds(small_kb):

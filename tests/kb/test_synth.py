@@ -7,6 +7,8 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
+from html.parser import HTMLParser
 import shutil
 import subprocess
 import sys
@@ -195,3 +197,31 @@ def test_perspective_pages_stay_short_as_the_corpus_grows(tmp_path):
             sub_page = files[f"taxonomy/{perspective.id}/{sub.id}.md"]
             assert sum(1 for line in sub_page.splitlines() if line.startswith("| [")) == n
             assert FILTER_BOX in sub_page, "a long sub-category list can be filtered"
+
+
+class Hrefs(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.hrefs: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "a" and dict(attrs).get("href"):
+            self.hrefs.append(dict(attrs)["href"])
+
+
+def internal_targets(page: Path) -> list[str]:
+    parser = Hrefs()
+    parser.feed(page.read_text(encoding="utf-8"))
+    return [h for h in parser.hrefs if not re.match(r"^[a-z]+:|^#|^//", h)]
+
+
+def test_every_link_on_a_built_paper_page_reaches_a_built_page(built_site, kb):
+    """Paper pages are HTML rendered without Markdown (moekb.prerendered): their links still work."""
+    for paper in kb.papers[:20]:
+        page = built_site / "generated" / "papers" / paper.id / "index.html"
+        for href in internal_targets(page):
+            target = (page.parent / href.split("#")[0]).resolve()
+            assert (target / "index.html" if target.is_dir() else target).is_file(), (paper.id, href)
+        html = page.read_text(encoding="utf-8")
+        assert 'aria-label="Table of contents"' in html and 'href="#bibtex" class="md-nav__link"' in html
+        assert "<title>" in html and ".md\"" not in html  # no link left pointing at a source file

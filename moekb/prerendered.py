@@ -1,0 +1,131 @@
+"""Pages the generator has already written as HTML, rendered by mkdocs without Python-Markdown.
+
+A knowledge base of thousands of papers has thousands of paper pages, and Python-Markdown with
+this site's extensions costs several milliseconds on each (building the parser with its
+extensions, then the inline patterns over every line), most of a build's time. The generator
+knows the structure of those pages exactly, so it writes their body as HTML (under the usual
+front matter; see ``SiteRenderer.paper_page``), and :class:`PrerenderedPage` hands that body to
+the theme directly. What Markdown would have done for such a page is done here:
+
+* links to other documentation files (``../taxonomy/engine/index.md``) become the URLs mkdocs
+  gives those files, relative to this page, and a link to a missing file is reported the way
+  mkdocs reports one (a warning, so ``--strict`` fails);
+* the table of contents is read from the headings, which the generator writes with ids and
+  permalinks as the ``toc`` extension does;
+* the heading ids are recorded, so links to ``page.md#anchor`` are checked against them.
+
+mkdocs (1.6) lets a plugin put its own ``Page`` on a file in ``on_files``, before the navigation
+is built; the hook does that for :func:`is_prerendered`. The page still goes through every plugin
+event, the theme template, the sitemap and link validation like any other.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import re
+
+import yaml
+from mkdocs.structure.files import File, Files
+from mkdocs.structure.pages import Page
+from mkdocs.structure.toc import get_toc
+from mkdocs.utils import get_relative_url
+
+log = logging.getLogger("mkdocs.moekb")
+
+PAPERS_FOLDER = "generated/papers/"  # docs-relative; the generator writes paper pages there as HTML
+HEADING = re.compile(r'<h([1-6]) id="([^"]+)">(.*?)<a class="headerlink"')
+LINK = re.compile(r'href="([^":#?]+\.md)(#[^"]*)?"')  # relative links to documentation files
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+FRONT_MATTER = re.compile(r"\A---\n(.*?\n)---\n", re.DOTALL)
+
+
+def is_prerendered(file: File) -> bool:
+    """Whether the generator wrote this documentation file's body as HTML."""
+    uri = file.src_uri
+    return uri.startswith(PAPERS_FOLDER) and uri.endswith(".md") and uri != PAPERS_FOLDER + "index.md"
+
+
+class PrerenderedPage(Page):
+    """A documentation page whose body is already HTML (written by :mod:`moekb.site`)."""
+
+    def __init__(self, file: File, config, links: "LinkResolver") -> None:
+        super().__init__(None, file, config)  # title None: from the front matter, as for other pages
+        self.links = links
+
+    def read_source(self, config) -> None:
+        source = config.plugins.on_page_read_source(page=self, config=config)
+        if source is None:
+            source = self.file.content_string
+        match = FRONT_MATTER.match(source)
+        # The generator writes this front matter; libyaml reads it in microseconds where mkdocs'
+        # own reader (pure-Python PyYAML) takes a large part of a millisecond.
+        self.meta = (yaml.load(match.group(1), Loader=SAFE_LOADER) or {}) if match else {}
+        self.markdown = source[match.end():] if match else source
+
+    def render(self, config, files: Files) -> None:
+        if self.markdown is None:
+            raise RuntimeError("`markdown` field hasn't been set (via `read_source`)")
+        folder = posixpath.dirname(self.file.src_uri)
+
+        def resolve(match: re.Match) -> str:
+            target, fragment = match.group(1), match.group(2) or ""
+            url = self.links.url(folder, target, self.url)
+            if url is None:
+                log.log(config.validation.links.not_found,
+                        f"Doc file '{self.file.src_uri}' contains a link '{target}', but the target "
+                        f"'{posixpath.normpath(posixpath.join(folder, target))}' is not found among documentation files.")
+                return match.group()
+            return f'href="{url}{fragment}"'
+
+        self.content = LINK.sub(resolve, self.markdown)
+        self.toc = get_toc(toc_tokens(self.content))
+        self._title_from_render = None
+        self.present_anchor_ids = {anchor for _, anchor, _ in HEADING.findall(self.content)}
+        self.links_to_anchors = {}
+
+
+class LinkResolver:
+    """URLs of documentation files relative to pages, for one build's files.
+
+    Thousands of paper pages sit side by side and link the same few hundred pages, so both the
+    file lookup and the relative URL are computed once per target and folder of pages: from
+    ``generated/papers/a/`` and ``generated/papers/b/`` every other page has the same relative URL.
+    """
+
+    def __init__(self, files: Files) -> None:
+        self.files = files
+        self._targets: dict[tuple[str, str], File | None] = {}
+        self._relative: dict[tuple[str, str], str] = {}
+
+    def url(self, folder: str, target: str, page_url: str) -> str | None:
+        """The URL of ``target`` (a path relative to docs-relative ``folder``) from the page at ``page_url``."""
+        key = (folder, target)
+        if key not in self._targets:
+            self._targets[key] = self.files.get_file_from_path(posixpath.normpath(posixpath.join(folder, target)))
+        linked = self._targets[key]
+        if linked is None:
+            return None
+        # mkdocs' relative URLs start from the page's folder (the page URL itself when it ends in
+        # "/"). From sibling folders, a target outside them has the same URL: "../" + the URL from
+        # their common parent. Anything else is computed for the page itself.
+        base = posixpath.normpath(page_url if page_url.endswith("/") else page_url.rpartition("/")[0] or ".")
+        if base == "." or (linked.url + "/").startswith(base + "/"):
+            return get_relative_url(linked.url, page_url)
+        siblings = (linked.url, posixpath.dirname(base))
+        if siblings not in self._relative:
+            self._relative[siblings] = get_relative_url(linked.url, page_url)
+        return self._relative[siblings]
+
+
+def toc_tokens(content: str) -> list[dict]:
+    """The ``toc`` extension's token tree (``level``, ``id``, ``name``, ``children``) of the headings."""
+    root: list[dict] = []
+    stack: list[dict] = []
+    for level, anchor, name in HEADING.findall(content):
+        token = {"level": int(level), "id": anchor, "name": name, "children": []}
+        while stack and stack[-1]["level"] >= token["level"]:
+            stack.pop()
+        (stack[-1]["children"] if stack else root).append(token)
+        stack.append(token)
+    return root
