@@ -16,10 +16,11 @@ from moekb.errors import MoekbError
 from moekb.search import add_to_search_index, paper_search_entries
 from moekb.graph import citation_graph, cycle_warnings
 from moekb.prerendered import LinkResolver, PrerenderedPage, is_prerendered
+from moekb.shared_chrome import share_navigation
 
 log = logging.getLogger("mkdocs.moekb")
 GENERATED_IN_DOCS = GENERATED.relative_to("docs").as_posix()  # docs/generated/x.md is page generated/x.md
-built = {}  # what on_pre_build made, for the later events of the same build: {"kb": KnowledgeBase}
+built = {}  # what earlier events of this build found, for the later ones: {"kb": KnowledgeBase, "in_nav": set}
 
 
 def on_pre_build(config, **kwargs) -> None:
@@ -43,6 +44,17 @@ def on_files(files, config, **kwargs):
         if is_prerendered(file):
             PrerenderedPage(file, config, links)  # sets file.page; mkdocs keeps a page a plugin set
     return files
+
+
+def on_nav(nav, config, files, **kwargs):
+    built["in_nav"] = {page.file.src_uri for page in nav.pages}
+    return nav
+
+
+def on_env(env, config, files, **kwargs):
+    """Paper pages outside the navigation share the theme's navigation HTML (moekb.shared_chrome)."""
+    in_nav = built.get("in_nav", set())
+    return share_navigation(env, lambda page: isinstance(page, PrerenderedPage) and page.file.src_uri not in in_nav)
 
 
 @event_priority(-100)  # after the search plugin has written its index (default priority 0)

@@ -109,13 +109,18 @@ class LinkResolver:
         # mkdocs' relative URLs start from the page's folder (the page URL itself when it ends in
         # "/"). From sibling folders, a target outside them has the same URL: "../" + the URL from
         # their common parent. Anything else is computed for the page itself.
-        base = posixpath.normpath(page_url if page_url.endswith("/") else page_url.rpartition("/")[0] or ".")
+        base = page_folder(page_url)
         if base == "." or (linked.url + "/").startswith(base + "/"):
             return get_relative_url(linked.url, page_url)
         siblings = (linked.url, posixpath.dirname(base))
         if siblings not in self._relative:
             self._relative[siblings] = get_relative_url(linked.url, page_url)
         return self._relative[siblings]
+
+
+def page_folder(page_url: str) -> str:
+    """The folder relative URLs start from on the page at ``page_url`` ("." at the site root)."""
+    return posixpath.normpath(page_url if page_url.endswith("/") else page_url.rpartition("/")[0] or ".")
 
 
 def toc_tokens(content: str) -> list[dict]:

@@ -140,10 +140,9 @@ def test_the_generator_reads_the_corpus_from_moekb_papers(corpus, monkeypatch):
     assert sum(1 for name in files if name.startswith("papers/") and name != "papers/index.md") == N
 
 
-@pytest.fixture(scope="module")
-def built_site(corpus, tmp_path_factory) -> Path:
+def build_site(corpus: Path, project: Path, **env: str) -> Path:
     """`MOEKB_PAPERS=<corpus> mkdocs build --strict` in a copy of the project."""
-    project = tmp_path_factory.mktemp("project")
+    project.mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "mkdocs.yml", project / "mkdocs.yml")
     shutil.copytree(ROOT / "docs", project / "docs", ignore=shutil.ignore_patterns("generated", ".generated-*"))
     for name in ("taxonomy", "moekb", "notebooks", "reference_impls", "papers"):
@@ -152,9 +151,25 @@ def built_site(corpus, tmp_path_factory) -> Path:
     site = project / "site"
     result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(site)],
                             cwd=project, capture_output=True, text=True,
-                            env={**os.environ, "MOEKB_PAPERS": str(corpus), "NO_MKDOCS_2_WARNING": "1"})
+                            env={**os.environ, "MOEKB_PAPERS": str(corpus), "NO_MKDOCS_2_WARNING": "1", **env})
     assert result.returncode == 0, result.stderr[-3000:]
     return site
+
+
+@pytest.fixture(scope="module")
+def built_site(corpus, tmp_path_factory) -> Path:
+    return build_site(corpus, tmp_path_factory.mktemp("project"))
+
+
+def test_pages_sharing_the_navigation_html_equal_pages_rendering_their_own(built_site, corpus, tmp_path):
+    """moekb.shared_chrome renders the theme's navigation once for all paper pages: same bytes."""
+    unshared = build_site(corpus, tmp_path / "project", MOEKB_SHARED_CHROME="0")
+    ours = {p.relative_to(built_site): p for p in built_site.rglob("*.html")}
+    theirs = {p.relative_to(unshared): p for p in unshared.rglob("*.html")}
+    assert ours.keys() == theirs.keys()
+    for name, page in ours.items():
+        assert page.read_bytes() == theirs[name].read_bytes(), name
+    assert sum(1 for name in ours if name.parts[:2] == ("generated", "papers")) == N + 1
 
 
 def test_mkdocs_builds_the_synthetic_corpus(built_site, kb):
