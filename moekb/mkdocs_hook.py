@@ -20,7 +20,7 @@ from moekb.shared_chrome import share_navigation
 
 log = logging.getLogger("mkdocs.moekb")
 GENERATED_IN_DOCS = GENERATED.relative_to("docs").as_posix()  # docs/generated/x.md is page generated/x.md
-built = {}  # what earlier events of this build found, for the later ones: {"kb": KnowledgeBase, "in_nav": set}
+built = {}  # what earlier events of this build made, for the later ones: kb, links, in_nav
 
 
 def on_pre_build(config, **kwargs) -> None:
@@ -39,11 +39,20 @@ def on_pre_build(config, **kwargs) -> None:
 
 def on_files(files, config, **kwargs):
     """Paper pages are HTML already: give them a page that skips Python-Markdown (moekb.prerendered)."""
-    links = LinkResolver(files)
+    built["links"] = links = LinkResolver(files)
     for file in files.documentation_pages():
         if is_prerendered(file):
             PrerenderedPage(file, config, links)  # sets file.page; mkdocs keeps a page a plugin set
     return files
+
+
+def on_page_content(html, page, config, files, **kwargs):
+    """Generated pages hold raw-HTML tables and lists whose links name .md files, which mkdocs
+    only rewrites in Markdown links: rewrite those too (paper pages did it when rendering)."""
+    uri = page.file.src_uri
+    if isinstance(page, PrerenderedPage) or not (uri.startswith(GENERATED_IN_DOCS + "/") and uri.endswith(".md")):
+        return html
+    return built["links"].resolve(html, page, config)
 
 
 def on_nav(nav, config, files, **kwargs):

@@ -66,19 +66,7 @@ class PrerenderedPage(Page):
     def render(self, config, files: Files) -> None:
         if self.markdown is None:
             raise RuntimeError("`markdown` field hasn't been set (via `read_source`)")
-        folder = posixpath.dirname(self.file.src_uri)
-
-        def resolve(match: re.Match) -> str:
-            target, fragment = match.group(1), match.group(2) or ""
-            url = self.links.url(folder, target, self.url)
-            if url is None:
-                log.log(config.validation.links.not_found,
-                        f"Doc file '{self.file.src_uri}' contains a link '{target}', but the target "
-                        f"'{posixpath.normpath(posixpath.join(folder, target))}' is not found among documentation files.")
-                return match.group()
-            return f'href="{url}{fragment}"'
-
-        self.content = LINK.sub(resolve, self.markdown)
+        self.content = self.links.resolve(self.markdown, self, config)
         self.toc = get_toc(toc_tokens(self.content))
         self._title_from_render = None
         self.present_anchor_ids = {anchor for _, anchor, _ in HEADING.findall(self.content)}
@@ -97,6 +85,24 @@ class LinkResolver:
         self.files = files
         self._targets: dict[tuple[str, str], File | None] = {}
         self._relative: dict[tuple[str, str], str] = {}
+
+    def resolve(self, html: str, page: Page, config) -> str:
+        """``html`` of ``page`` with each relative ``href`` to a documentation file (``x.md``,
+        ``../y/index.md#part``) replaced by that file's URL from the page; a missing target is
+        reported as mkdocs reports one in Markdown (``validation.links.not_found``) and left as is."""
+        folder = posixpath.dirname(page.file.src_uri)
+
+        def replace(match: re.Match) -> str:
+            target, fragment = match.group(1), match.group(2) or ""
+            url = self.url(folder, target, page.url)
+            if url is None:
+                log.log(config.validation.links.not_found,
+                        f"Doc file '{page.file.src_uri}' contains a link '{target}', but the target "
+                        f"'{posixpath.normpath(posixpath.join(folder, target))}' is not found among documentation files.")
+                return match.group()
+            return f'href="{url}{fragment}"'
+
+        return LINK.sub(replace, html)
 
     def url(self, folder: str, target: str, page_url: str) -> str | None:
         """The URL of ``target`` (a path relative to docs-relative ``folder``) from the page at ``page_url``."""

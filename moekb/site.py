@@ -106,28 +106,26 @@ class SiteRenderer:
     def paper_link(self, source: str, paper: Paper) -> str:
         return f"[{md(paper.title)}]({rel(source, paper_path(paper.id))})"
 
-    def subcategory_link(self, source: str, paper: Paper) -> str:
-        perspective, sub = self.tax.subcategory[paper.subcategory]
-        return f"[{md(sub.name)}]({rel(source, subcategory_path(perspective.id, sub.id))})"
-
-    def venue(self, paper: Paper) -> str:
-        return md(paper.venue) if paper.venue else "preprint"
-
     def papers_table(self, source: str, papers: list[Paper], *, columns=("year", "venue", "modalities")) -> str:
+        """The papers as a sortable table, newest first, in raw HTML: tables list up to every paper
+        of the knowledge base, and Python-Markdown's inline patterns over thousands of Markdown
+        rows would cost more than the rest of the page. Its ``.md`` links are resolved by the hook."""
         if not papers:
             return "_No papers yet._"
+        text, link = markup.html_text, markup.html_link
         header = ["Paper", *[c.capitalize() for c in columns]]
         rows = []
         for paper in sorted(papers, key=lambda p: (-p.year, p.title.casefold())):
+            perspective, sub = self.tax.subcategory[paper.subcategory]
             cells = {
                 "year": str(paper.year),
-                "venue": self.venue(paper),
-                "modalities": ", ".join(md(m) for m in paper.modalities),
-                "perspective": md(self.tax.perspective[paper.perspective].id),
-                "sub-category": self.subcategory_link(source, paper),
+                "venue": text(paper.venue) if paper.venue else "preprint",
+                "modalities": ", ".join(text(m) for m in paper.modalities),
+                "perspective": text(perspective.id),
+                "sub-category": link(text(sub.name), rel(source, subcategory_path(perspective.id, sub.id))),
             }
-            rows.append([self.paper_link(source, paper), *[cells[c] for c in columns]])
-        return markup.table(header, rows, attrs='class="moekb-table"')
+            rows.append([link(text(paper.title), rel(source, paper_path(paper.id))), *[cells[c] for c in columns]])
+        return markup.html_table(header, rows, attrs='class="moekb-table"')
 
     def implementation_links(self, source: str, owner: Perspective | Subcategory) -> list[str]:
         lines = []
@@ -404,9 +402,11 @@ class SiteRenderer:
         out += [markup.table(["Paper", "Year", "Cited by", "PageRank"], rows, attrs='class="moekb-table"')
                 if rows else "_No citations recorded yet._", ""]
         # The explorer opens a paper through these links, so mkdocs, not the script, decides the URLs.
-        out += ["## Papers in the graph", "", f'??? info "All {summary.nodes} papers"', ""]
-        out += [f'    - [{md(paper.title)}]({rel(source, paper_path(paper.id))}){{ data-moekb-paper="{paper.id}" }} ({paper.year})'
-                for paper in self.kb.papers]
+        # As pymdownx.details would write "??? info", in raw HTML: the list holds every paper.
+        items = [f'<a href="{rel(source, paper_path(paper.id))}" data-moekb-paper="{markup.html_text(paper.id)}">'
+                 f"{markup.html_text(paper.title)}</a> ({paper.year})" for paper in self.kb.papers]
+        out += ["## Papers in the graph", "",
+                f'<details class="info">\n<summary>All {summary.nodes} papers</summary>\n{markup.html_list(items)}\n</details>']
         return "\n".join(out) + "\n"
 
     def charts_page(self) -> str:
