@@ -13,7 +13,7 @@ from mkdocs.structure.files import File
 
 from moekb.build import GENERATED, build
 from moekb.errors import MoekbError
-from moekb.search import add_to_search_index, paper_search_entries
+from moekb.search import add_to_search_index, search_entries
 from moekb.graph import citation_graph, cycle_warnings
 from moekb.prerendered import LinkResolver, PrerenderedPage, is_prerendered
 from moekb.shared_chrome import share_navigation
@@ -68,7 +68,7 @@ def on_env(env, config, files, **kwargs):
 
 @event_priority(-100)  # after the search plugin has written its index (default priority 0)
 def on_post_build(config, **kwargs) -> None:
-    """Paper pages are left out of the theme's search plugin; add their entries from the knowledge base."""
+    """Paper and listing pages are left out of the theme's search plugin; add their entries from the knowledge base."""
     kb = built.get("kb")
     if kb is None:
         return
@@ -76,5 +76,5 @@ def on_post_build(config, **kwargs) -> None:
     def url_of(page: str) -> str:
         return File(f"{GENERATED_IN_DOCS}/{page}", config.docs_dir, config.site_dir, config.use_directory_urls).url
 
-    added = add_to_search_index(Path(config.site_dir), paper_search_entries(kb), url_of)
-    log.info("moekb: %d paper entries added to the search index", added)
+    added = add_to_search_index(Path(config.site_dir), search_entries(kb), url_of)
+    log.info("moekb: %d entries added to the search index", added)

@@ -1,4 +1,4 @@
-"""Search entries for the paper pages, made from the knowledge base instead of parsed from HTML.
+"""Search entries for the paper and listing pages, made from the knowledge base instead of parsed from HTML.
 
 Material's search plugin indexes a page by parsing its rendered HTML section by section. With
 thousands of paper pages that was a fifth of the whole ``mkdocs build``, and it gave the browser an
@@ -7,6 +7,10 @@ Paper pages are therefore left out of the plugin (``search: exclude`` in their f
 :func:`moekb.markup.title_heading`) and the mkdocs hook appends one entry per paper to the index the
 plugin wrote: the title, and as text the authors, year, venue, identifiers, sub-category,
 modalities and summary, all escaped here because the theme shows an entry's text as HTML.
+
+The pages that list papers (all papers, each perspective, sub-category and gap, the citation
+graph) grow with the corpus too, and their tables would fill the index with every title again;
+they get one entry each: their title and the text that describes them.
 """
 
 from __future__ import annotations
@@ -17,15 +21,31 @@ from typing import Callable
 
 from moekb.markup import html_text
 from moekb.model import KnowledgeBase
-from moekb.site import paper_path
+from moekb.site import ALL_PAPERS_PAGE, GRAPH_PAGE, gap_path, paper_path, perspective_path, subcategory_path
 
 INDEX_PATH = Path("search") / "search_index.json"  # where the theme's search plugin writes its index
 
 
-def paper_search_entries(kb: KnowledgeBase) -> dict[str, dict[str, str]]:
-    """``{paper page path (as render_site names it): {"title": ..., "text": ...}}``, HTML-escaped."""
+def entry(title: str, paragraphs: list[str]) -> dict[str, str]:
+    return {"title": html_text(title), "text": " ".join(f"<p>{html_text(p)}</p>" for p in paragraphs if p)}
+
+
+def search_entries(kb: KnowledgeBase) -> dict[str, dict[str, str]]:
+    """``{page path (as render_site names it): {"title": ..., "text": ...}}``, HTML-escaped, for
+    every page the generator keeps out of the theme's search plugin (``searched=False``)."""
     tax = kb.taxonomy
-    entries = {}
+    entries = {ALL_PAPERS_PAGE: entry("All papers", [f"{len(kb.papers)} papers in one table, sortable and filterable."])}
+    for perspective in tax.perspectives:
+        entries[perspective_path(perspective.id)] = entry(perspective.name, [perspective.definition, perspective.description])
+        for sub in perspective.subcategories:
+            entries[subcategory_path(perspective.id, sub.id)] = entry(
+                sub.name, [f"{perspective.name}: {len(kb.in_subcategory(sub.id))} papers.", sub.description])
+    for gap in tax.gaps:
+        entries[gap_path(gap.id)] = entry(gap.name, ["Research gap.", gap.description])
+    citations = sum(1 for paper in kb.papers for cited in paper.cites if cited in kb.paper)
+    entries[GRAPH_PAGE] = entry("Citation graph", [f"{len(kb.papers)} papers and {citations} citations within the "
+                                                   "knowledge base, to explore by perspective, sub-category, modality, "
+                                                   "research gap and year."])
     for paper in kb.papers:
         _, sub = tax.subcategory[paper.subcategory]
         venue = tax.venue[paper.venue].name if paper.venue else "preprint"
@@ -36,10 +56,7 @@ def paper_search_entries(kb: KnowledgeBase) -> dict[str, dict[str, str]]:
             " · ".join([sub.name, ", ".join(tax.modality[m].name for m in paper.modalities)]),
             paper.summary,
         ]
-        entries[paper_path(paper.id)] = {
-            "title": html_text(paper.title),
-            "text": " ".join(f"<p>{html_text(p)}</p>" for p in paragraphs),
-        }
+        entries[paper_path(paper.id)] = entry(paper.title, paragraphs)
     return entries
 
 

@@ -34,6 +34,7 @@ FILTER_BOX = ('<input type="search" class="moekb-filter md-input" placeholder="F
               'aria-label="Filter papers">')
 NEIGHBOURS_IN_DIAGRAM = 10  # per side of a paper's citation neighbourhood diagram
 GRAPH_PAGE = "graph/index.md"
+ALL_PAPERS_PAGE = "papers/index.md"
 CHARTS_PAGE = "charts/index.md"
 
 
@@ -204,7 +205,7 @@ class SiteRenderer:
     def perspective_page(self, perspective: Perspective) -> str:
         source = perspective_path(perspective.id)
         quote = "Definition quoted from the survey's abstract" if not perspective.background else "Scope"
-        out = [markup.title_heading(perspective.name), "", f"> {md(perspective.definition)}", ">",
+        out = [markup.title_heading(perspective.name, searched=False), "", f"> {md(perspective.definition)}", ">",
                f"> <small>{quote}.</small>", "", md(perspective.description), ""]
         links = self.implementation_links(source, perspective)
         if links:
@@ -232,7 +233,7 @@ class SiteRenderer:
     def subcategory_page(self, perspective: Perspective, sub: Subcategory) -> str:
         source = subcategory_path(perspective.id, sub.id)
         papers = self.kb.in_subcategory(sub.id)
-        out = [markup.title_heading(sub.name), "",
+        out = [markup.title_heading(sub.name, searched=False), "",
                f"Part of [{md(perspective.name)}]({rel(source, perspective_path(perspective.id))}).", "",
                md(sub.description), ""]
         if sub.source:
@@ -320,9 +321,9 @@ class SiteRenderer:
         return "\n".join(lines)
 
     def all_papers(self) -> str:
-        source = "papers/index.md"
+        source = ALL_PAPERS_PAGE
         return "\n".join([
-            "# All papers", "",
+            markup.title_heading("All papers", searched=False), "",  # the search entry is written by moekb.search
             f"{len(self.kb.papers)} papers. Click a column header to sort; type to filter.", "",
             FILTER_BOX, "",
             self.papers_table(source, self.kb.papers, columns=("year", "venue", "perspective", "sub-category", "modalities")),
@@ -351,7 +352,7 @@ class SiteRenderer:
 
     def gap_page(self, gap) -> str:
         source = gap_path(gap.id)
-        out = [markup.title_heading(gap.name), "", md(gap.description), ""]
+        out = [markup.title_heading(gap.name, searched=False), "", md(gap.description), ""]
         for perspective in self.tax.perspectives:
             papers = [p for p in self.kb.in_perspective(perspective.id) if gap.id in p.gaps]
             out += [f"## {md(perspective.name)} {{#{perspective.id}}}", "", self.papers_table(source, papers), ""]
@@ -375,7 +376,7 @@ class SiteRenderer:
         """The explorer: a container the script fills, the graph inlined as JSON, and the numbers."""
         source = GRAPH_PAGE
         summary = summarise(graph)
-        out = ["# Citation graph", "",
+        out = [markup.title_heading("Citation graph", searched=False), "",
                "Every paper is a node, coloured by perspective and sized by how often it is cited within the "
                "knowledge base; an arrow points from a paper to each paper it cites. Each perspective is a row, each "
                "sub-category a disc with its most cited papers in the middle. Hover over a node for its title and "
@@ -456,7 +457,7 @@ def render_site(kb: KnowledgeBase, *, implementations: dict[str, str] | None = N
         HOME_SNIPPET: site.home_snippet(),
         VOCABULARY_SNIPPET: site.vocabulary_snippet(),
         "taxonomy/index.md": site.taxonomy_index(),
-        "papers/index.md": site.all_papers(),
+        ALL_PAPERS_PAGE: site.all_papers(),
         "gaps/index.md": site.gaps_index(),
         "downloads/index.md": site.downloads(),
         "downloads/papers.bib": join_entries(site.bibtex.values()),

@@ -195,6 +195,27 @@ def test_each_paper_has_one_search_entry_made_from_the_knowledge_base(built_site
     assert not any("#" in d["location"] for d in paper_docs)
 
 
+def test_listing_pages_have_one_search_entry_each_without_their_tables(built_site, kb):
+    index = json.loads((built_site / "search" / "search_index.json").read_text(encoding="utf-8"))
+    by_location = {}
+    for doc in index["docs"]:
+        by_location.setdefault(doc["location"].split("#")[0], []).append(doc)
+    perspective = kb.taxonomy.perspectives[0]
+    sub = perspective.subcategories[0]
+    gap = kb.taxonomy.gaps[0]
+    for location, title, text in [
+        (f"generated/taxonomy/{perspective.id}/{sub.id}/", sub.name, f"{len(kb.in_subcategory(sub.id))} papers"),
+        (f"generated/taxonomy/{perspective.id}/", perspective.name, html.escape(perspective.definition[:40])),
+        (f"generated/gaps/{gap.id}/", gap.name, html.escape(gap.description[:40])),
+        ("generated/papers/", "All papers", f"{N} papers"),
+        ("generated/graph/", "Citation graph", f"{N} papers"),
+    ]:
+        [doc] = by_location[location]  # one entry: no section entries, no table rows
+        assert doc["title"] == html.escape(title) and text in doc["text"], location
+        assert kb.papers[0].title not in doc["text"]
+    assert "generated/gaps/" in by_location  # the small gap matrix is still indexed by the theme
+
+
 def test_perspective_pages_stay_short_as_the_corpus_grows(tmp_path):
     from moekb.site import FILTER_BOX, PAPERS_PER_SUBCATEGORY_ON_PERSPECTIVE, render_site
 
