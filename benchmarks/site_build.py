@@ -15,8 +15,8 @@ N = 500 and 2000), this measures, all in one run:
 then the built site's largest HTML page and its search index. Times are wall-clock seconds with
 the CPU seconds of the process (and its children) in brackets: the machine is shared, so CPU time
 is the steadier figure, and the ratios are given for both. ``t(N2)/t(N1)`` shows how each cost grows:
-about N2/N1 when linear. The notebook cache of mkdocs-jupyter is warmed by an untimed build first,
-so no timed build pays for converting notebooks (a cost that does not depend on N).
+about N2/N1 when linear. An untimed build of the real corpus comes first, so that no timed build
+pays for compiling Python bytecode or a cold disk cache.
 
     python benchmarks/site_build.py                       # real corpus, N = 500 and 2000
     python benchmarks/site_build.py --sizes 1000 --no-real
@@ -162,7 +162,7 @@ def main() -> int:
     def build(papers: Path, site: Path) -> Timing:
         return run_timed([*MKDOCS, "build", "-q", "-d", str(site)], cwd=project, env={"MOEKB_PAPERS": str(papers)})
 
-    build(corpora[0][1], work / "warm-up-site")  # fills mkdocs-jupyter's notebook cache; not timed
+    build(corpora[0][1], work / "warm-up-site")  # bytecode and disk caches; not timed
     shutil.rmtree(work / "warm-up-site")
 
     rows = []

@@ -22,6 +22,7 @@ from moekb.charts import GAP_HEATMAP, PAPERS_PER_YEAR, render_charts, year_serie
 from moekb.graph import LIST_SEPARATOR, citation_graph, explorer_data, graph_graphml, graph_json, summarise
 from moekb.identifiers import unique
 from moekb.markup import md
+from moekb.notebook_page import notebook_page
 from moekb.model import KnowledgeBase, Paper, Perspective, Subcategory
 
 HOME_SNIPPET = "snippets/home.md"
@@ -64,6 +65,12 @@ def guide_path(module: str) -> str:
 
 
 def notebook_path(notebook: str) -> str:
+    """The page showing a notebook (``notebooks/x.ipynb`` -> ``notebooks/x.md``)."""
+    return f"notebooks/{posixpath.splitext(posixpath.basename(notebook))[0]}.md"
+
+
+def notebook_download_path(notebook: str) -> str:
+    """The notebook file itself, published next to its page for download."""
     return f"notebooks/{posixpath.basename(notebook)}"
 
 
@@ -476,7 +483,8 @@ def render_site(kb: KnowledgeBase, *, implementations: dict[str, str] | None = N
     for module, text in sorted(site.implementations.items()):
         files[code_path(module)] = site.code_page(module, text)
     for name, text in kb.notebooks.items():
-        files[notebook_path(name)] = text
+        files[notebook_download_path(name)] = text
+        files[notebook_path(name)] = notebook_page(name, text, download=posixpath.basename(notebook_download_path(name)))
     graph = citation_graph(kb)
     files[GRAPH_PAGE] = site.graph_page(graph)
     files["downloads/graph.json"] = graph_json(graph)

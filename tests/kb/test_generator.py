@@ -146,6 +146,6 @@ def test_perspective_pages_link_code_notebook_and_guide():
     assert "[`reference_impls/conf_gate.py`](../../code/conf_gate.md)" in page
     assert "[guide](../../../impls/conf_gate.md)" in page
     if "adapter_conf_gate.ipynb" in kb.notebooks:
-        assert "(../../notebooks/adapter_conf_gate.ipynb)" in page
+        assert "(../../notebooks/adapter_conf_gate.md)" in page
     assert "[guide]" not in render_site(kb, implementations={"reference_impls/conf_gate.py": "x = 1\n"})[
         "taxonomy/adapter/index.md"]

@@ -1,0 +1,84 @@
+"""A notebook as a documentation page: its Markdown cells as they are, code and outputs as blocks.
+
+The notebooks are the project's own (``notebooks/*.ipynb``, run by nbval in ``make test`` with
+their outputs committed), so their Markdown cells are written into the page verbatim and the site
+renders them like every other page: same code blocks with copy buttons, same headings in the table
+of contents, same offline assets. Code cells become Python blocks, text outputs text blocks titled
+"Output", images inline ``data:`` images. Nothing is executed and no converter is imported, so a
+build costs a few milliseconds per notebook; converters that emit a whole HTML document bring their
+own scripts and styles (and CDN URLs) with them, which this site must not have.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+
+from moekb import markup
+
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")  # colour codes in tracebacks and progress bars
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif")
+
+
+def notebook_page(name: str, text: str, *, download: str) -> str:
+    """The Markdown page for notebook ``name`` (its JSON ``text``); ``download`` links the .ipynb."""
+    notebook = json.loads(text)
+    cells = notebook.get("cells", [])
+    note = (f'<small>Rendered from [`notebooks/{name}`]({download}) with the outputs it was committed with '
+            f'(`make test` re-runs it with nbval) · [Download the notebook]({download}) · run it with '
+            f'`jupyter lab notebooks/{name}`</small>')
+    out = [markup.front_matter(notebook_title(name, cells))]
+    for number, cell in enumerate(cells, start=1):
+        source = "".join(cell.get("source", ""))
+        if cell.get("cell_type") == "markdown":
+            if note and source.startswith("# "):  # the note goes under the notebook's title
+                title, _, source = source.partition("\n")
+                out += [title, "", note, ""]
+                note = ""
+            out += [source, ""]
+        elif cell.get("cell_type") == "code" and source.strip():
+            out += [markup.fence(source, "python"), ""]
+            out += [block for output in cell.get("outputs", []) for block in (output_block(output, number), "") if block]
+        if note and number == 1:
+            out[1:1] = [note, ""]
+            note = ""
+    return "\n".join(out).rstrip() + "\n"
+
+
+def notebook_title(name: str, cells: list[dict]) -> str:
+    """The first level-1 heading of a Markdown cell, else the file name."""
+    for cell in cells:
+        if cell.get("cell_type") == "markdown":
+            for line in "".join(cell.get("source", "")).splitlines():
+                if line.startswith("# "):
+                    return line[2:].strip()
+    return name
+
+
+def output_block(output: dict, cell_number: int) -> str:
+    """One output of a code cell as Markdown, or "" when it shows nothing."""
+    kind = output.get("output_type")
+    if kind == "stream":
+        return titled_text("".join(output.get("text", "")), "Output" if output.get("name") != "stderr" else "Messages")
+    if kind == "error":
+        return titled_text("\n".join(output.get("traceback", [])), output.get("ename", "Error"))
+    data = output.get("data", {})
+    for image_type in IMAGE_TYPES:
+        if image_type in data:
+            encoded = "".join(data[image_type]).replace("\n", "")
+            alt = html.escape(f"Figure from code cell {cell_number}", quote=True)
+            return f'<p class="moekb-notebook-figure"><img alt="{alt}" src="data:{image_type};base64,{encoded}"></p>'
+    if "text/plain" in data:
+        return titled_text("".join(data["text/plain"]), "Output")
+    return ""
+
+
+def titled_text(text: str, title: str) -> str:
+    """Text as a code block titled ``title`` (pymdownx.highlight's ``title`` option), colours stripped."""
+    text = ANSI_ESCAPE.sub("", text).rstrip()
+    if not text:
+        return ""
+    block = markup.fence(text, "text")
+    first_line, _, rest = block.partition("\n")
+    return f'{first_line} title="{re.sub(r"[^A-Za-z0-9 ._-]", "", title)}"\n{rest}'
