@@ -15,8 +15,8 @@ from moekb.build import GENERATED, build
 from moekb.errors import MoekbError
 from moekb.search import add_to_search_index, search_entries
 from moekb.graph import citation_graph, cycle_warnings
-from moekb.prerendered import LinkResolver, PrerenderedPage, is_prerendered
-from moekb.shared_chrome import share_navigation
+from moekb.prerendered import LinkResolver, PrerenderedPage, is_prerendered, nav_titles
+from moekb.shared_chrome import share_chrome
 
 log = logging.getLogger("mkdocs.moekb")
 GENERATED_IN_DOCS = GENERATED.relative_to("docs").as_posix()  # docs/generated/x.md is page generated/x.md
@@ -40,9 +40,10 @@ def on_pre_build(config, **kwargs) -> None:
 def on_files(files, config, **kwargs):
     """Paper pages are HTML already: give them a page that skips Python-Markdown (moekb.prerendered)."""
     built["links"] = links = LinkResolver(files)
+    titles = nav_titles(config.nav)
     for file in files.documentation_pages():
-        if is_prerendered(file):
-            PrerenderedPage(file, config, links)  # sets file.page; mkdocs keeps a page a plugin set
+        if is_prerendered(file):  # sets file.page; mkdocs keeps a page a plugin set
+            PrerenderedPage(file, config, links, nav_title=titles.get(file.src_uri))
     return files
 
 
@@ -61,9 +62,9 @@ def on_nav(nav, config, files, **kwargs):
 
 
 def on_env(env, config, files, **kwargs):
-    """Paper pages outside the navigation share the theme's navigation HTML (moekb.shared_chrome)."""
+    """Paper pages outside the navigation share the theme's chrome HTML (moekb.shared_chrome)."""
     in_nav = built.get("in_nav", set())
-    return share_navigation(env, lambda page: isinstance(page, PrerenderedPage) and page.file.src_uri not in in_nav)
+    return share_chrome(env, lambda page: isinstance(page, PrerenderedPage) and page.file.src_uri not in in_nav)
 
 
 @event_priority(-100)  # after the search plugin has written its index (default priority 0)

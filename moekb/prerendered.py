@@ -33,7 +33,7 @@ from mkdocs.utils import get_relative_url
 
 log = logging.getLogger("mkdocs.moekb")
 
-PAPERS_FOLDER = "generated/papers/"  # docs-relative; the generator writes paper pages there as HTML
+PAPERS_FOLDER = "generated/papers/"  # docs-relative; the generator writes the pages there as HTML
 HEADING = re.compile(r'<h([1-6]) id="([^"]+)">(.*?)<a class="headerlink"')
 LINK = re.compile(r'href="([^":#?]+\.md)(#[^"]*)?"')  # relative links to documentation files
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -41,16 +41,20 @@ FRONT_MATTER = re.compile(r"\A---\n(.*?\n)---\n", re.DOTALL)
 
 
 def is_prerendered(file: File) -> bool:
-    """Whether the generator wrote this documentation file's body as HTML."""
+    """Whether the generator wrote this documentation file's body as HTML: the paper pages and
+    the table of all papers beside them."""
     uri = file.src_uri
-    return uri.startswith(PAPERS_FOLDER) and uri.endswith(".md") and uri != PAPERS_FOLDER + "index.md"
+    return uri.startswith(PAPERS_FOLDER) and uri.endswith(".md")
 
 
 class PrerenderedPage(Page):
     """A documentation page whose body is already HTML (written by :mod:`moekb.site`)."""
 
-    def __init__(self, file: File, config, links: "LinkResolver") -> None:
-        super().__init__(None, file, config)  # title None: from the front matter, as for other pages
+    def __init__(self, file: File, config, links: "LinkResolver", *, nav_title: str | None = None) -> None:
+        """``nav_title``: the file's title in the ``nav`` configuration (see :func:`nav_titles`):
+        mkdocs keeps a page a plugin has set even when the nav lists the file, so the page takes it
+        here as mkdocs would have. Without one, the title comes from the front matter."""
+        super().__init__(nav_title, file, config)
         self.links = links
 
     def read_source(self, config) -> None:
@@ -71,6 +75,23 @@ class PrerenderedPage(Page):
         self._title_from_render = None
         self.present_anchor_ids = {anchor for _, anchor, _ in HEADING.findall(self.content)}
         self.links_to_anchors = {}
+
+
+def nav_titles(nav) -> dict[str, str]:
+    """``{docs-relative path: title}`` for the files the ``nav`` configuration names with a title."""
+    titles: dict[str, str] = {}
+    stack = list(nav or [])
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for title, value in item.items():
+                if isinstance(value, str):
+                    titles[value] = title
+                else:
+                    stack.extend(value or [])
+        elif isinstance(item, list):
+            stack.extend(item)
+    return titles
 
 
 class LinkResolver:

@@ -1,16 +1,20 @@
-"""The theme's navigation, rendered once for all paper pages instead of once per paper page.
+"""The theme's page chrome, rendered once for all paper pages instead of once per paper page.
 
-Material renders the whole site navigation (the sidebar and the tabs) into every page. For a
-page that is not in the navigation, nothing in it is marked active, and every link in it is
-relative to the page's folder, so two paper pages side by side (``generated/papers/a/`` and
-``generated/papers/b/``) get identical navigation HTML. With thousands of paper pages, rendering
-it once per folder of pages instead of once per page removes a large part of the template time.
+Material renders the whole site navigation (the sidebar and the tabs), the palette toggle, the
+search box, the footer, the stylesheet and script tags and its configuration JSON into every page.
+None of them depends on the page when the page is not in the navigation (nothing is marked active,
+there is no previous or next page), except through links, which are relative to the page's folder.
+So two paper pages side by side (``generated/papers/a/`` and ``generated/papers/b/``) get the same
+chrome, byte for byte, and with thousands of paper pages, rendering it once per folder of pages
+instead of once per page removes most of the template time. What is the page's own (title,
+canonical URL, table of contents, content) is rendered for every page as before.
 
-:func:`share_navigation` wraps the theme's template loader: the partials named in
-:data:`SHARED_PARTIALS` are served by a small wrapper template that renders the theme's own
-partial the first time and replays the stored HTML afterwards, for pages :class:`SharedChrome`
-says may share it. Every other page, and every other template, renders exactly as before.
-Set ``MOEKB_SHARED_CHROME=0`` to switch this off (the tests check that both give the same pages).
+:func:`share_chrome` wraps the theme's template loader: the partials named in
+:data:`SHARED_PARTIALS` and the blocks of the page template named in :data:`SHARED_BLOCKS` are
+served through small wrapper templates that render the theme's own the first time and replay the
+stored HTML afterwards, for pages :class:`SharedChrome` says may share it. Every other page, and
+every other template, renders exactly as before. Set ``MOEKB_SHARED_CHROME=0`` to switch this off
+(a test builds a site both ways and compares every page).
 """
 
 from __future__ import annotations
@@ -22,14 +26,27 @@ import jinja2
 
 from moekb.prerendered import page_folder
 
-SHARED_PARTIALS = ("partials/nav.html", "partials/tabs.html")  # Material's sidebar navigation and tabs
-THEME_PREFIX = "moekb-theme"  # the theme's own partials stay reachable as "moekb-theme/partials/..."
-WRAPPER = """\
+# Material 9.8's partials and blocks that hold no page-specific text for a page outside the nav
+# (read in material/templates/base.html and partials/); the byte-for-byte test guards the list.
+SHARED_PARTIALS = ("partials/nav.html", "partials/tabs.html", "partials/palette.html", "partials/search.html",
+                   "partials/footer.html")
+SHARED_BLOCKS = ("styles", "libs", "fonts", "analytics", "config", "scripts")
+PAGE_TEMPLATE = "main.html"
+THEME_PREFIX = "moekb-theme"  # the theme's own templates stay reachable as "moekb-theme/<name>"
+PARTIAL_WRAPPER = """\
 {%- set key = moekb_shared_chrome.key(page, "NAME") -%}
 {%- if key is none -%}{% include "PREFIX/NAME" %}
 {%- elif moekb_shared_chrome.has(key) -%}{{ moekb_shared_chrome.get(key) }}
 {%- else -%}{% set html %}{% include "PREFIX/NAME" %}{% endset %}{{ moekb_shared_chrome.put(key, html) }}
 {%- endif -%}"""
+BLOCK_WRAPPER = """\
+{%- block NAME -%}
+{%- set key = moekb_shared_chrome.key(page, "block NAME") -%}
+{%- if key is none -%}{{ super() }}
+{%- elif moekb_shared_chrome.has(key) -%}{{ moekb_shared_chrome.get(key) }}
+{%- else -%}{{ moekb_shared_chrome.put(key, super()) }}
+{%- endif -%}
+{%- endblock -%}"""
 
 
 class SharedChrome:
@@ -57,11 +74,13 @@ class SharedChrome:
         return html
 
 
-def share_navigation(env: jinja2.Environment, may_share) -> jinja2.Environment:
-    """Serve :data:`SHARED_PARTIALS` through the wrapper, for pages for which ``may_share(page)``."""
+def share_chrome(env: jinja2.Environment, may_share) -> jinja2.Environment:
+    """Serve the shared partials and blocks through the wrappers, for pages for which ``may_share(page)``."""
     if os.environ.get("MOEKB_SHARED_CHROME", "1") == "0":
         return env
-    wrappers = {name: WRAPPER.replace("NAME", name).replace("PREFIX", THEME_PREFIX) for name in SHARED_PARTIALS}
+    wrappers = {name: PARTIAL_WRAPPER.replace("NAME", name).replace("PREFIX", THEME_PREFIX) for name in SHARED_PARTIALS}
+    wrappers[PAGE_TEMPLATE] = f'{{% extends "{THEME_PREFIX}/{PAGE_TEMPLATE}" %}}' + "".join(
+        BLOCK_WRAPPER.replace("NAME", name) for name in SHARED_BLOCKS)
     env.loader = jinja2.ChoiceLoader([jinja2.DictLoader(wrappers), env.loader,
                                       jinja2.PrefixLoader({THEME_PREFIX: env.loader})])
     env.globals["moekb_shared_chrome"] = SharedChrome(may_share)

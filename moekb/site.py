@@ -119,7 +119,7 @@ class SiteRenderer:
         of the knowledge base, and Python-Markdown's inline patterns over thousands of Markdown
         rows would cost more than the rest of the page. Its ``.md`` links are resolved by the hook."""
         if not papers:
-            return "_No papers yet._"
+            return "<p><em>No papers yet.</em></p>"
         text, link = markup.html_text, markup.html_link
         header = ["Paper", *[c.capitalize() for c in columns]]
         rows = []
@@ -328,11 +328,13 @@ class SiteRenderer:
         return "\n".join(lines)
 
     def all_papers(self) -> str:
+        """Every paper in one table: HTML, like the paper pages beside it (moekb.prerendered)."""
         source = ALL_PAPERS_PAGE
         return "\n".join([
-            markup.title_heading("All papers", searched=False), "",  # the search entry is written by moekb.search
-            f"{len(self.kb.papers)} papers. Click a column header to sort; type to filter.", "",
-            FILTER_BOX, "",
+            markup.front_matter("All papers", searched=False),  # the search entry is written by moekb.search
+            markup.html_heading(1, "All papers", Anchors().new("All papers")),
+            f"<p>{len(self.kb.papers)} papers. Click a column header to sort; type to filter.</p>",
+            f"<p>{FILTER_BOX}</p>",
             self.papers_table(source, self.kb.papers, columns=("year", "venue", "perspective", "sub-category", "modalities")),
             "",
         ])

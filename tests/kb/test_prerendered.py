@@ -11,7 +11,7 @@ import pytest
 from mkdocs.config import load_config
 from mkdocs.structure.files import File, Files
 
-from moekb.prerendered import LinkResolver, PrerenderedPage, is_prerendered, toc_tokens
+from moekb.prerendered import LinkResolver, PrerenderedPage, is_prerendered, nav_titles, toc_tokens
 from moekb.site import Anchors
 
 PAGE = """---
@@ -88,12 +88,21 @@ def test_the_shared_relative_urls_equal_mkdocs_own_for_every_pair(tmp_path):
                         (directory_urls, source.src_uri, target.src_uri)
 
 
-def test_only_paper_pages_are_prerendered(tmp_path):
+def test_nav_titles_name_each_listed_file():
+    nav = [{"Home": "index.md"}, "plain.md", {"Taxonomy": ["generated/taxonomy/index.md",
+                                                          {"Engine": "generated/taxonomy/engine/index.md"}]},
+           {"Papers": "generated/papers/index.md"}, {"Deep": [{"Deeper": [{"Leaf": "a/b.md"}]}]}]
+    assert nav_titles(nav) == {"index.md": "Home", "generated/taxonomy/engine/index.md": "Engine",
+                               "generated/papers/index.md": "Papers", "a/b.md": "Leaf"}
+    assert nav_titles(None) == {}
+
+
+def test_paper_pages_and_their_listing_are_prerendered(tmp_path):
     def file(name):
         return File(name, str(tmp_path), str(tmp_path / "site"), True)
 
     assert is_prerendered(file("generated/papers/x2024y.md"))
-    assert not is_prerendered(file("generated/papers/index.md"))
+    assert is_prerendered(file("generated/papers/index.md"))
     assert not is_prerendered(file("generated/taxonomy/engine/index.md"))
     assert not is_prerendered(file("papers.md"))
 
