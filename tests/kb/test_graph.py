@@ -13,12 +13,13 @@ import pytest
 
 from moekb import charts
 from moekb.cli import main
-from moekb.graph import (EDGES_KEY, LIST_SEPARATOR, citation_cycles, citation_graph, cycle_warnings,
-                         explorer_data, explorer_layout, graph_graphml, graph_json, summarise)
+from moekb.graph import (EDGES_KEY, LIST_SEPARATOR, citation_cycles, citation_graph, cycle_warnings, explorer_data,
+                         explorer_layout, export_attributes, graph_graphml, graph_json, pagerank, summarise)
 from moekb.load import load_knowledge_base, load_taxonomy
 from moekb.markup import json_for_script
 from moekb.model import KnowledgeBase, Paper
 from moekb.site import render_site
+from moekb.synth import write_synthetic_corpus
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -103,6 +104,30 @@ def test_graphml_export_reads_back_with_lists_joined(small_kb):
     assert node["authors"].split(LIST_SEPARATOR) == ["Ada Lovelace", "Alan Turing"]
     assert int(node["year"]) == 2023 and int(node["in_kb_citations"]) == 2
     assert back.nodes["d2021x"]["title"] == "Experts <b>& a </script> [x](javascript:alert(1)) tag"
+
+
+def test_our_pagerank_equals_networkx(tmp_path):
+    synthetic = write_synthetic_corpus(tmp_path / "papers", 400, seed=3, root=ROOT)
+    for kb in (load_knowledge_base(ROOT), load_knowledge_base(ROOT, synthetic)):
+        graph = citation_graph(kb)
+        theirs = nx.pagerank(graph)
+        ours = pagerank(graph)
+        assert ours.keys() == theirs.keys()
+        assert max(abs(ours[n] - theirs[n]) for n in ours) < 1e-9
+    assert pagerank(nx.DiGraph()) == {}
+
+
+def test_our_graphml_reads_back_as_networkx_own_does(small_kb):
+    for kb in (small_kb, load_knowledge_base(ROOT)):
+        graph = citation_graph(kb)
+        flat = export_attributes(graph)
+        for _, attrs in flat.nodes(data=True):
+            attrs.update({k: LIST_SEPARATOR.join(v) for k, v in attrs.items() if isinstance(v, list)})
+        theirs = nx.parse_graphml("\n".join(nx.generate_graphml(flat, named_key_ids=True)))
+        ours = nx.parse_graphml(graph_graphml(graph))
+        assert list(ours.nodes(data=True)) == list(theirs.nodes(data=True))
+        assert list(ours.edges) == list(theirs.edges)
+        assert all(type(v) is type(theirs.nodes[n][k]) for n, a in ours.nodes(data=True) for k, v in a.items())
 
 
 def test_exports_do_not_change_between_builds(small_kb):
