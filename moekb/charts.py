@@ -1,18 +1,20 @@
-"""Charts of the knowledge base as SVG, drawn at build time with matplotlib.
+"""Charts of the knowledge base as SVG, written directly as SVG elements.
 
-Papers per year by perspective, and the research-gap x perspective heat map. The same SVG must
-read on Material's light and dark palettes, so backgrounds are transparent and text, axes and
-colours are mid-tones. Text is drawn as paths (matplotlib's default for SVG, from its bundled
-DejaVu font), so a chart needs no font and downloads nothing. Output is byte-for-byte
-reproducible (no date, fixed id salt), so a rebuild rewrites nothing when the counts are the same;
-the drawing functions take plain tuples and are cached, since the same counts give the same file.
+Papers per year by perspective (stacked bars), and the research-gap x perspective heat map. The
+same SVG must read on Material's light and dark palettes (it is shown through ``<img>``, so it
+cannot follow the page's CSS), so backgrounds are transparent and text, axes and colours are
+mid-tones. Text is SVG text in the browser's sans-serif font, so it stays sharp at any zoom and
+can be read by screen readers and search; every chart has a ``<title>``. Output depends only on
+the counts, so a rebuild rewrites nothing when they are the same. Two charts of a few dozen
+shapes do not need a plotting library: importing matplotlib alone took longer than the whole
+knowledge base takes to validate.
 """
 
 from __future__ import annotations
 
-import io
+import math
 from collections import Counter
-from functools import lru_cache
+from xml.sax.saxutils import escape, quoteattr
 
 from moekb.model import KnowledgeBase, Taxonomy
 
@@ -21,8 +23,8 @@ PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#b07aa1", "#76b7b2", "#e
 BACKGROUND_COLOUR = "#9a9a9a"  # background perspectives (foundations) stay grey, behind the multimodal ones
 INK = "#8c8c8c"  # text, axes and grid: readable on both palettes
 HEAT_LOW, HEAT_HIGH = "#c5cae9", "#3949ab"  # indigo, the theme's primary colour, light to dark
-RC = {"svg.hashsalt": "moekb", "svg.fonttype": "path", "font.family": "DejaVu Sans", "font.size": 10,
-      "text.color": INK, "axes.edgecolor": INK, "axes.labelcolor": INK, "xtick.color": INK, "ytick.color": INK}
+FONT = 'font-family="sans-serif"'
+CHAR_WIDTH = 0.6  # of the font size: a generous average for sans-serif, to leave room for labels
 
 PAPERS_PER_YEAR = "papers-per-year.svg"
 GAP_HEATMAP = "gaps-by-perspective.svg"
@@ -36,75 +38,108 @@ def perspective_colours(taxonomy: Taxonomy) -> dict[str, str]:
     return colours
 
 
-# Both helpers run inside ``matplotlib.rc_context(RC)``: artists read the colours when created and
-# the SVG writer reads its settings when saving.
-def _figure(width: float, height: float):
-    from matplotlib.figure import Figure  # without pyplot: no global state, no GUI backend
-
-    figure = Figure(figsize=(width, height))
-    return figure, figure.subplots()
-
-
-def _svg(figure) -> str:
-    buffer = io.StringIO()
-    figure.savefig(buffer, format="svg", transparent=True, bbox_inches="tight", metadata={"Date": None})
-    return buffer.getvalue()
+def svg_document(width: float, height: float, title: str, body: list[str]) -> str:
+    return "\n".join([
+        '<?xml version="1.0" encoding="utf-8"?>',
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
+        f'viewBox="0 0 {width:.0f} {height:.0f}" role="img">',
+        f"<title>{escape(title)}</title>", *body, "</svg>", ""])
 
 
-@lru_cache(maxsize=8)
+def text(x: float, y: float, label: str, *, size: float = 11, anchor: str = "middle", colour: str = INK,
+         baseline: str = "auto", rotate: float = 0) -> str:
+    turn = f' transform="rotate({rotate:g} {x:.1f} {y:.1f})"' if rotate else ""
+    return (f'<text x="{x:.1f}" y="{y:.1f}" {FONT} font-size="{size:g}" fill="{colour}" text-anchor="{anchor}" '
+            f'dominant-baseline="{baseline}"{turn}>{escape(label)}</text>')
+
+
+def text_width(label: str, size: float) -> float:
+    return len(label) * size * CHAR_WIDTH
+
+
+def nice_step(top: int, ticks: int = 5) -> int:
+    """A round step (1, 2 or 5 times a power of ten) giving about ``ticks`` grid lines up to ``top``."""
+    raw = max(top, 1) / ticks
+    power = 10 ** math.floor(math.log10(raw))
+    return max(1, int(next(m * power for m in (1, 2, 5, 10) if m * power >= raw)))
+
+
 def papers_per_year_svg(years: tuple[int, ...], series: tuple[tuple[str, str, tuple[int, ...]], ...]) -> str:
     """Stacked bars: one bar per year that has papers, one segment per (label, colour, counts)."""
-    import matplotlib
+    totals = [sum(counts[i] for _, _, counts in series) for i in range(len(years))]
+    top = max(totals, default=0)
+    step = nice_step(top)
+    y_max = step * math.ceil((top * 1.1 + 1) / step)
+    left, right, rotate = 48.0, 16.0, len(years) > 12
+    slot = max(34.0, (640.0 - left - right) / max(len(years), 1))  # bars spread over at least 640 px
+    bar = min(slot * 0.75, 44.0)
+    width = left + right + slot * len(years)
+    legend, x, row = [], left, 0  # (x, row) of each legend entry, in rows along the top
+    for label, _, _ in series:
+        entry = 14 + text_width(label, 11)
+        if x > left and x + entry > width - right:
+            x, row = left, row + 1
+        legend.append((x, row))
+        x += entry + 18
+    plot_top, plot_height = 18.0 * (row + 1) + 16, 220.0
+    height = plot_top + plot_height + (44.0 if rotate else 26.0)
 
-    with matplotlib.rc_context(RC):
-        figure, axes = _figure(max(5.0, 0.45 * len(years) + 2.5), 3.6)
-        positions = range(len(years))
-        bottom = [0] * len(years)
+    def y_of(value: float) -> float:
+        return plot_top + plot_height * (1 - value / y_max)
+
+    body = []
+    for tick in range(0, y_max + 1, step):  # grid and y labels
+        y = y_of(tick)
+        body.append(f'<line x1="{left:.1f}" y1="{y:.1f}" x2="{width - right:.1f}" y2="{y:.1f}" stroke="{INK}" '
+                    f'stroke-opacity="{0.6 if tick == 0 else 0.3}" stroke-width="1"/>')
+        body.append(text(left - 6, y, str(tick), anchor="end", baseline="middle"))
+    body.append(text(14, plot_top + plot_height / 2, "papers", rotate=-90, baseline="middle"))
+    for i, year in enumerate(years):
+        x, stacked = left + slot * i + (slot - bar) / 2, 0
         for label, colour, counts in series:
-            axes.bar(positions, counts, bottom=bottom, color=colour, label=label, width=0.75)
-            bottom = [b + c for b, c in zip(bottom, counts)]
-        for x, total in zip(positions, bottom):
-            axes.text(x, total, str(total), ha="center", va="bottom", fontsize=8)
-        axes.set_xticks(list(positions), [str(y) for y in years], rotation=45 if len(years) > 12 else 0)
-        axes.set_ylabel("papers")
-        axes.set_ylim(0, max(bottom, default=0) * 1.15 + 1)
-        axes.yaxis.grid(True, color=INK, alpha=0.3)
-        axes.set_axisbelow(True)
-        for side in ("top", "right"):
-            axes.spines[side].set_visible(False)
-        axes.legend(frameon=False, loc="upper left")
-        return _svg(figure)
+            if counts[i]:
+                y0, y1 = y_of(stacked), y_of(stacked + counts[i])
+                body.append(f'<rect x="{x:.1f}" y="{y1:.1f}" width="{bar:.1f}" height="{y0 - y1:.1f}" '
+                            f'fill="{colour}"><title>{escape(f"{year}, {label}: {counts[i]}")}</title></rect>')
+                stacked += counts[i]
+        centre = x + bar / 2
+        body.append(text(centre, y_of(stacked) - 4, str(totals[i]), size=9))
+        label_y = plot_top + plot_height + 16
+        body.append(text(centre, label_y, str(year), size=10, anchor="end" if rotate else "middle",
+                         rotate=-45 if rotate else 0))
+    for (x, row), (label, colour, _) in zip(legend, series):
+        y = 8 + 18 * row
+        body.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="10" height="10" fill="{colour}"/>')
+        body.append(text(x + 14, y + 5, label, anchor="start", baseline="middle"))
+    return svg_document(width, height, "Papers per year, by perspective", body)
 
 
-@lru_cache(maxsize=8)
+def heat_colour(fraction: float) -> str:
+    """From HEAT_LOW (fraction 0) to HEAT_HIGH (fraction 1), interpolated in RGB."""
+    low, high = (tuple(int(c[i:i + 2], 16) for i in (1, 3, 5)) for c in (HEAT_LOW, HEAT_HIGH))
+    return "#" + "".join(f"{round(a + (b - a) * fraction):02x}" for a, b in zip(low, high))
+
+
 def heatmap_svg(rows: tuple[str, ...], columns: tuple[str, ...], counts: tuple[tuple[int, ...], ...]) -> str:
     """A count per (row, column) cell; empty cells are left unfilled so thin research stands out."""
-    import matplotlib
-    import numpy as np
-    from matplotlib.colors import LinearSegmentedColormap
-
-    with matplotlib.rc_context(RC):
-        figure, axes = _figure(1.0 * len(columns) + 2.4, 0.45 * len(rows) + 0.8)
-        values = np.array(counts, dtype=float).reshape(len(rows), len(columns))
-        colormap = LinearSegmentedColormap.from_list("moekb-heat", [HEAT_LOW, HEAT_HIGH]).with_extremes(bad=(0, 0, 0, 0))
-        top = max(values.max(initial=0), 1)
-        axes.imshow(np.ma.masked_equal(values, 0), cmap=colormap, vmin=1, vmax=top, aspect="auto")
-        for i in range(len(rows)):
-            for j in range(len(columns)):
-                n = int(values[i, j])
-                dark_cell = n and (n - 1) / max(top - 1, 1) > 0.45
-                axes.text(j, i, str(n), ha="center", va="center", fontsize=9,
-                          color="white" if dark_cell else ("#1a1a1a" if n else INK))
-        axes.set_xticks(range(len(columns)), columns)
-        axes.set_yticks(range(len(rows)), rows)
-        axes.xaxis.tick_top()
-        axes.tick_params(length=0)
-        axes.set_xticks([x - 0.5 for x in range(1, len(columns))], minor=True)
-        axes.set_yticks([y - 0.5 for y in range(1, len(rows))], minor=True)
-        axes.grid(which="minor", color=INK, alpha=0.4)
-        for spine in axes.spines.values():
-            spine.set_visible(False)
-        return _svg(figure)
+    cell_width, cell_height = max(80.0, max((text_width(c, 11) + 16 for c in columns), default=0)), 32.0
+    left = 12 + max((text_width(r, 11) for r in rows), default=0)
+    top = 28.0
+    width, height = left + cell_width * len(columns) + 8, top + cell_height * len(rows) + 8
+    peak = max((n for row in counts for n in row), default=0)
+    body = [text(left + cell_width * (j + 0.5), top - 10, column) for j, column in enumerate(columns)]
+    for i, row in enumerate(rows):
+        y = top + cell_height * i
+        body.append(text(left - 8, y + cell_height / 2, row, anchor="end", baseline="middle"))
+        for j, n in enumerate(counts[i]):
+            x = left + cell_width * j
+            fraction = (n - 1) / max(peak - 1, 1) if n else 0.0
+            fill = f'fill="{heat_colour(fraction)}"' if n else 'fill="none"'
+            body.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{cell_width:.1f}" height="{cell_height:.1f}" {fill} '
+                        f'stroke="{INK}" stroke-opacity="0.4"><title>{escape(f"{row}, {columns[j]}: {n}")}</title></rect>')
+            colour = "white" if n and fraction > 0.45 else ("#1a1a1a" if n else INK)
+            body.append(text(x + cell_width / 2, y + cell_height / 2, str(n), colour=colour, baseline="middle"))
+    return svg_document(width, height, "Papers per research gap and perspective", body)
 
 
 def year_series(kb: KnowledgeBase) -> tuple[tuple[int, ...], tuple[tuple[str, str, tuple[int, ...]], ...]]:
