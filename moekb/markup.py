@@ -150,9 +150,10 @@ def html_code_block(code: str, language: str) -> str:
     code = reveal_hidden(code).rstrip()
     if language == "mermaid":
         return f'<pre class="mermaid"><code>{html.escape(code, quote=False)}</code></pre>'
+    from moekb.bib import highlighted_entry
     from pygments import highlight  # imported on first use: most commands never highlight
 
-    body = highlight(code, *_pygments(language))
+    body = (highlighted_entry(code) if language == "bibtex" else None) or highlight(code, *_pygments(language))
     return f'<div class="highlight"><pre><span></span><code>{body}</code></pre></div>'
 
 

@@ -35,9 +35,9 @@ def sync_tree(files: dict[str, str | bytes], target: Path) -> tuple[int, int]:
             write_atomic(path, data)
             written += 1
     if target.is_dir():
-        wanted = {(target / name).resolve() for name in files}
+        wanted = {Path(name).as_posix() for name in files}
         for path in sorted(target.rglob("*"), reverse=True):
-            if path.is_file() and path.resolve() not in wanted:
+            if path.is_file() and path.relative_to(target).as_posix() not in wanted:
                 path.unlink()
                 removed += 1
             elif path.is_dir() and not any(path.iterdir()):
