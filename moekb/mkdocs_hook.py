@@ -13,9 +13,9 @@ from mkdocs.structure.files import File
 
 from moekb.build import GENERATED, build
 from moekb.errors import MoekbError
-from moekb.search import add_to_search_index, search_entries
 from moekb.graph import citation_graph, cycle_warnings
 from moekb.prerendered import LinkResolver, PrerenderedPage, is_prerendered, nav_titles
+from moekb.search import add_to_search_index, search_entries
 from moekb.shared_chrome import share_chrome
 
 log = logging.getLogger("mkdocs.moekb")

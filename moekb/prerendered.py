@@ -31,9 +31,13 @@ from mkdocs.structure.pages import Page
 from mkdocs.structure.toc import get_toc
 from mkdocs.utils import get_relative_url
 
+from moekb.build import GENERATED
+from moekb.site import paper_path
+
 log = logging.getLogger("mkdocs.moekb")
 
-PAPERS_FOLDER = "generated/papers/"  # docs-relative; the generator writes the pages there as HTML
+# docs-relative: the generator writes every page of this folder as HTML (generated/papers/)
+PAPERS_FOLDER = posixpath.join(GENERATED.relative_to("docs").as_posix(), posixpath.dirname(paper_path("x"))) + "/"
 HEADING = re.compile(r'<h([1-6]) id="([^"]+)">(.*?)<a class="headerlink"')
 LINK = re.compile(r'href="([^":#?]+\.md)(#[^"]*)?"')  # relative links to documentation files
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

@@ -99,7 +99,8 @@ class Anchors:
 
 
 class SiteRenderer:
-    """Renders one knowledge base; methods return Markdown for one page each."""
+    """Renders one knowledge base; methods return the text of one page each: Markdown, except the
+    paper pages and the table of all papers, which are HTML under front matter (moekb.prerendered)."""
 
     def __init__(self, kb: KnowledgeBase, implementations: dict[str, str] | None = None,
                  guides: set[str] | frozenset = frozenset()):
