@@ -134,6 +134,11 @@ def external_html_link(label: str, url: str | None) -> str:
     return html_link(html_text(label), target) if target else html_text(label)
 
 
+def html_code(text: str) -> str:
+    """Contributor or project text as an inline code element."""
+    return f"<code>{html_text(text)}</code>"
+
+
 def html_heading(level: int, text_html: str, anchor: str) -> str:
     """A heading with the permalink the ``toc`` extension adds (``permalink: true``)."""
     return (f'<h{level} id="{anchor}">{text_html}<a class="headerlink" href="#{anchor}" '

@@ -11,15 +11,14 @@ from mkdocs.exceptions import PluginError
 from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File
 
-from moekb.build import GENERATED, build
+from moekb.build import build
 from moekb.errors import MoekbError
 from moekb.graph import citation_graph, cycle_warnings
-from moekb.prerendered import LinkResolver, PrerenderedPage, is_prerendered, nav_titles
+from moekb.prerendered import GENERATED_FOLDER, LinkResolver, PrerenderedPage, is_prerendered, nav_titles
 from moekb.search import add_to_search_index, search_entries
 from moekb.shared_chrome import share_chrome
 
 log = logging.getLogger("mkdocs.moekb")
-GENERATED_IN_DOCS = GENERATED.relative_to("docs").as_posix()  # docs/generated/x.md is page generated/x.md
 built = {}  # what earlier events of this build made, for the later ones: kb, links, in_nav
 
 
@@ -38,7 +37,7 @@ def on_pre_build(config, **kwargs) -> None:
 
 
 def on_files(files, config, **kwargs):
-    """Paper pages are HTML already: give them a page that skips Python-Markdown (moekb.prerendered)."""
+    """Pages the generator wrote as HTML get a page that skips Python-Markdown (moekb.prerendered)."""
     built["links"] = links = LinkResolver(files)
     titles = nav_titles(config.nav)
     for file in files.documentation_pages():
@@ -51,7 +50,7 @@ def on_page_content(html, page, config, files, **kwargs):
     """Generated pages hold raw-HTML tables and lists whose links name .md files, which mkdocs
     only rewrites in Markdown links: rewrite those too (paper pages did it when rendering)."""
     uri = page.file.src_uri
-    if isinstance(page, PrerenderedPage) or not (uri.startswith(GENERATED_IN_DOCS + "/") and uri.endswith(".md")):
+    if isinstance(page, PrerenderedPage) or not (uri.startswith(GENERATED_FOLDER) and uri.endswith(".md")):
         return html
     return built["links"].resolve(html, page, config)
 
@@ -62,7 +61,7 @@ def on_nav(nav, config, files, **kwargs):
 
 
 def on_env(env, config, files, **kwargs):
-    """Paper pages outside the navigation share the theme's chrome HTML (moekb.shared_chrome)."""
+    """Pre-rendered pages outside the navigation share the theme's chrome HTML (moekb.shared_chrome)."""
     in_nav = built.get("in_nav", set())
     return share_chrome(env, lambda page: isinstance(page, PrerenderedPage) and page.file.src_uri not in in_nav)
 
@@ -75,7 +74,7 @@ def on_post_build(config, **kwargs) -> None:
         return
 
     def url_of(page: str) -> str:
-        return File(f"{GENERATED_IN_DOCS}/{page}", config.docs_dir, config.site_dir, config.use_directory_urls).url
+        return File(f"{GENERATED_FOLDER}{page}", config.docs_dir, config.site_dir, config.use_directory_urls).url
 
     added = add_to_search_index(Path(config.site_dir), search_entries(kb), url_of)
     log.info("moekb: %d entries added to the search index", added)

@@ -2,10 +2,11 @@
 
 A knowledge base of thousands of papers has thousands of paper pages, and Python-Markdown with
 this site's extensions costs several milliseconds on each (building the parser with its
-extensions, then the inline patterns over every line), most of a build's time. The generator
-knows the structure of those pages exactly, so it writes their body as HTML (under the usual
-front matter; see ``SiteRenderer.paper_page``), and :class:`PrerenderedPage` hands that body to
-the theme directly. What Markdown would have done for such a page is done here:
+extensions, then the inline patterns over every line), most of a build's time; the pages that
+list papers (all papers, each sub-category and gap) hold tables of thousands of rows. The
+generator knows the structure of those pages exactly, so it writes their body as HTML (under the
+usual front matter; see :func:`moekb.site.is_html_page`), and :class:`PrerenderedPage` hands
+that body to the theme directly. What Markdown would have done for such a page is done here:
 
 * links to other documentation files (``../taxonomy/engine/index.md``) become the URLs mkdocs
   gives those files, relative to this page, and a link to a missing file is reported the way
@@ -32,12 +33,11 @@ from mkdocs.structure.toc import get_toc
 from mkdocs.utils import get_relative_url
 
 from moekb.build import GENERATED
-from moekb.site import paper_path
+from moekb.site import is_html_page
 
 log = logging.getLogger("mkdocs.moekb")
 
-# docs-relative: the generator writes every page of this folder as HTML (generated/papers/)
-PAPERS_FOLDER = posixpath.join(GENERATED.relative_to("docs").as_posix(), posixpath.dirname(paper_path("x"))) + "/"
+GENERATED_FOLDER = GENERATED.relative_to("docs").as_posix() + "/"  # docs/generated/x.md is page generated/x.md
 HEADING = re.compile(r'<h([1-6]) id="([^"]+)">(.*?)<a class="headerlink"')
 LINK = re.compile(r'href="([^":#?]+\.md)(#[^"]*)?"')  # relative links to documentation files
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -45,10 +45,9 @@ FRONT_MATTER = re.compile(r"\A---\n(.*?\n)---\n", re.DOTALL)
 
 
 def is_prerendered(file: File) -> bool:
-    """Whether the generator wrote this documentation file's body as HTML: the paper pages and
-    the table of all papers beside them."""
+    """Whether the generator wrote this documentation file's body as HTML (:func:`moekb.site.is_html_page`)."""
     uri = file.src_uri
-    return uri.startswith(PAPERS_FOLDER) and uri.endswith(".md")
+    return uri.startswith(GENERATED_FOLDER) and is_html_page(uri[len(GENERATED_FOLDER):])
 
 
 class PrerenderedPage(Page):

@@ -98,6 +98,20 @@ class Anchors:
         return unique(base, self.used, separator="_", first=1)
 
 
+def html_page_start(title: str, anchors: Anchors) -> list[str]:
+    """Front matter and H1 of a page written as HTML (moekb.prerendered). Such pages list papers or
+    are one, so the theme's search plugin skips them and moekb.search writes their entries."""
+    return [markup.front_matter(title, searched=False), markup.html_heading(1, markup.html_text(title), anchors.new(title))]
+
+
+def is_html_page(path: str) -> bool:
+    """Whether the generator writes page ``path`` (as render_site names it) as HTML: the paper
+    pages and the pages whose tables list up to every paper (all papers, sub-categories, gaps)."""
+    folder, name = posixpath.split(path)
+    return name.endswith(".md") and (folder == "papers" or (name != "index.md" and (
+        folder == "gaps" or (folder.startswith("taxonomy/") and folder.count("/") == 1))))
+
+
 class SiteRenderer:
     """Renders one knowledge base; methods return the text of one page each: Markdown, except the
     paper pages and the table of all papers, which are HTML under front matter (moekb.prerendered)."""
@@ -137,17 +151,18 @@ class SiteRenderer:
         return markup.html_table(header, rows, attrs='class="moekb-table"')
 
     def implementation_links(self, source: str, owner: Perspective | Subcategory) -> list[str]:
-        lines = []
+        """List items (HTML) linking the owner's reference implementation, its guide and notebook."""
+        items, link, code = [], markup.html_link, markup.html_code
         module = getattr(owner, "reference_impl", None)
         if module and module in self.implementations:
-            lines.append(f"- Reference implementation: [{markup.code(module)}]({rel(source, code_path(module))})")
+            items.append(f"Reference implementation: {link(code(module), rel(source, code_path(module)))}")
             guide = guide_path(module)
             if posixpath.basename(guide) in self.guides:
-                lines.append(f"- How it maps to the paper, and what its tests check: [guide]({rel(source, guide)})")
+                items.append(f"How it maps to the paper, and what its tests check: {link('guide', rel(source, guide))}")
         notebook = getattr(owner, "notebook", None)
         if notebook and posixpath.basename(notebook) in self.kb.notebooks:
-            lines.append(f"- Notebook: [{markup.code(notebook)}]({rel(source, notebook_path(notebook))})")
-        return lines
+            items.append(f"Notebook: {link(code(notebook), rel(source, notebook_path(notebook)))}")
+        return items
 
     # -- pages ----------------------------------------------------------------------------
     def vocabulary_snippet(self) -> str:
@@ -217,7 +232,7 @@ class SiteRenderer:
                f"> <small>{quote}.</small>", "", md(perspective.description), ""]
         links = self.implementation_links(source, perspective)
         if links:
-            out += ["## Run it", "", *links, ""]
+            out += ["## Run it", "", markup.html_list(links), ""]
         diagram = ["flowchart LR", f'  P["{markup.mermaid_label(perspective.name)}"]']
         for j, sub in enumerate(perspective.subcategories):
             diagram.append(f'  P --> S{j}["{markup.mermaid_label(sub.name)}"]')
@@ -239,23 +254,27 @@ class SiteRenderer:
         return "\n".join(out)
 
     def subcategory_page(self, perspective: Perspective, sub: Subcategory) -> str:
+        """All papers of a sub-category: HTML, like the paper pages (the table grows with the corpus)."""
         source = subcategory_path(perspective.id, sub.id)
         papers = self.kb.in_subcategory(sub.id)
-        out = [markup.title_heading(sub.name, searched=False), "",
-               f"Part of [{md(perspective.name)}]({rel(source, perspective_path(perspective.id))}).", "",
-               md(sub.description), ""]
+        text, link, anchors = markup.html_text, markup.html_link, Anchors()
+        out = [*html_page_start(sub.name, anchors),
+               f"<p>Part of {link(text(perspective.name), rel(source, perspective_path(perspective.id)))}.</p>",
+               f"<p>{text(sub.description)}</p>"]
         if sub.source:
-            out += [f"<small>Source of this sub-category: {md(sub.source)}</small>", ""]
+            out.append(f"<p><small>Source of this sub-category: {text(sub.source)}</small></p>")
         links = self.implementation_links(source, sub) or self.implementation_links(source, perspective)
         if links:
-            out += ["## Run it", "", *links, ""]
+            out += [markup.html_heading(2, "Run it", anchors.new("Run it")), markup.html_list(links)]
         gaps = Counter(g for p in papers for g in p.gaps)
         if gaps:
-            out += ["## Research gaps addressed here", ""]
-            out += [f"- [{md(self.tax.gap[g].name)}]({rel(source, gap_path(g))}): {n}" for g, n in sorted(gaps.items())]
-            out.append("")
-        out += [f"## Papers ({len(papers)})", "", *([FILTER_BOX, ""] if papers else []), self.papers_table(source, papers), ""]
-        return "\n".join(out)
+            title = "Research gaps addressed here"
+            out += [markup.html_heading(2, title, anchors.new(title)), markup.html_list(
+                [f"{link(text(self.tax.gap[g].name), rel(source, gap_path(g)))}: {n}" for g, n in sorted(gaps.items())])]
+        title = f"Papers ({len(papers)})"
+        out += [markup.html_heading(2, title, anchors.new(title)), *([f"<p>{FILTER_BOX}</p>"] if papers else []),
+                self.papers_table(source, papers)]
+        return "\n".join(out) + "\n"
 
     def paper_page(self, paper: Paper) -> str:
         """One paper, written as HTML under front matter: see :mod:`moekb.prerendered` for why and
@@ -271,8 +290,7 @@ class SiteRenderer:
         if paper.gaps:
             facts.append(("Research gaps", ", ".join(link(text(self.tax.gap[g].name), rel(source, gap_path(g)))
                                                      for g in paper.gaps)))
-        out = [markup.front_matter(paper.title, searched=False),  # the search entry is written by moekb.search
-               markup.html_heading(1, text(paper.title), anchors.new(paper.title)),
+        out = [*html_page_start(paper.title, anchors),
                f"<p><strong>{', '.join(text(a) for a in paper.authors)}</strong></p>",
                f"<p>{paper.year} · {venue}</p>",
                "<table>\n<tbody>", *[f"<tr>\n<td>{name}</td>\n<td>{value}</td>\n</tr>" for name, value in facts],
@@ -332,8 +350,7 @@ class SiteRenderer:
         """Every paper in one table: HTML, like the paper pages beside it (moekb.prerendered)."""
         source = ALL_PAPERS_PAGE
         return "\n".join([
-            markup.front_matter("All papers", searched=False),  # the search entry is written by moekb.search
-            markup.html_heading(1, "All papers", Anchors().new("All papers")),
+            *html_page_start("All papers", Anchors()),
             f"<p>{len(self.kb.papers)} papers. Click a column header to sort; type to filter.</p>",
             f"<p>{FILTER_BOX}</p>",
             self.papers_table(source, self.kb.papers, columns=("year", "venue", "perspective", "sub-category", "modalities")),
@@ -361,12 +378,16 @@ class SiteRenderer:
         return "\n".join(lines)
 
     def gap_page(self, gap) -> str:
+        """The papers tagged with a gap, per perspective (``#<perspective id>``): HTML, like the paper pages."""
         source = gap_path(gap.id)
-        out = [markup.title_heading(gap.name, searched=False), "", md(gap.description), ""]
+        anchors = Anchors()
+        out = [*html_page_start(gap.name, anchors), f"<p>{markup.html_text(gap.description)}</p>"]
         for perspective in self.tax.perspectives:
             papers = [p for p in self.kb.in_perspective(perspective.id) if gap.id in p.gaps]
-            out += [f"## {md(perspective.name)} {{#{perspective.id}}}", "", self.papers_table(source, papers), ""]
-        return "\n".join(out)
+            anchors.used.add(perspective.id)
+            out += [markup.html_heading(2, markup.html_text(perspective.name), perspective.id),
+                    self.papers_table(source, papers)]
+        return "\n".join(out) + "\n"
 
     def downloads(self) -> str:
         return "\n".join([

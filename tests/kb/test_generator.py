@@ -143,9 +143,11 @@ def test_perspective_pages_link_code_notebook_and_guide():
     kb = load_knowledge_base(ROOT)
     files = render_site(kb, implementations={"reference_impls/conf_gate.py": "x = 1\n"}, guides={"conf_gate.md"})
     page = files["taxonomy/adapter/index.md"]
-    assert "[`reference_impls/conf_gate.py`](../../code/conf_gate.md)" in page
-    assert "[guide](../../../impls/conf_gate.md)" in page
+    assert '<a href="../../code/conf_gate.md"><code>reference_impls/conf_gate.py</code></a>' in page
+    assert '<a href="../../../impls/conf_gate.md">guide</a>' in page
     if "adapter_conf_gate.ipynb" in kb.notebooks:
-        assert "(../../notebooks/adapter_conf_gate.md)" in page
-    assert "[guide]" not in render_site(kb, implementations={"reference_impls/conf_gate.py": "x = 1\n"})[
+        assert '<a href="../../notebooks/adapter_conf_gate.md">' in page
+    sub = files["taxonomy/adapter/missing-modality.md"]  # a sub-category without its own links shows its perspective's
+    assert '<a href="../../code/conf_gate.md"><code>reference_impls/conf_gate.py</code></a>' in sub
+    assert ">guide</a>" not in render_site(kb, implementations={"reference_impls/conf_gate.py": "x = 1\n"})[
         "taxonomy/adapter/index.md"]

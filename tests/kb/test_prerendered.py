@@ -14,6 +14,7 @@ from mkdocs.structure.files import File, Files
 from moekb.prerendered import LinkResolver, PrerenderedPage, is_prerendered, nav_titles, toc_tokens
 from moekb.site import Anchors
 
+ROOT = Path(__file__).resolve().parents[2]
 PAGE = """---
 title: "A &lt;b&gt; title"
 search:
@@ -97,14 +98,27 @@ def test_nav_titles_name_each_listed_file():
     assert nav_titles(None) == {}
 
 
-def test_paper_pages_and_their_listing_are_prerendered(tmp_path):
+def test_paper_pages_and_the_lists_of_papers_are_prerendered(tmp_path):
     def file(name):
         return File(name, str(tmp_path), str(tmp_path / "site"), True)
 
-    assert is_prerendered(file("generated/papers/x2024y.md"))
-    assert is_prerendered(file("generated/papers/index.md"))
-    assert not is_prerendered(file("generated/taxonomy/engine/index.md"))
-    assert not is_prerendered(file("papers.md"))
+    for html in ("generated/papers/x2024y.md", "generated/papers/index.md", "generated/taxonomy/engine/sparse-mllm.md",
+                 "generated/gaps/sustainability.md"):
+        assert is_prerendered(file(html)), html
+    for markdown_page in ("generated/taxonomy/index.md", "generated/taxonomy/engine/index.md", "generated/gaps/index.md",
+                          "generated/graph/index.md", "generated/code/moe.md", "papers/x.md", "index.md"):
+        assert not is_prerendered(file(markdown_page)), markdown_page
+
+
+def test_the_generator_writes_html_exactly_for_those_pages():
+    from moekb.load import load_knowledge_base
+    from moekb.site import is_html_page, render_site
+
+    files = render_site(load_knowledge_base(ROOT))
+    for name, text in files.items():
+        if name.endswith(".md") and not name.startswith("snippets/"):
+            body = text.split("---\n", 2)[2] if text.startswith("---\n") else text
+            assert body.lstrip().startswith("<h1 id=") == is_html_page(name), name
 
 
 def test_heading_ids_follow_the_toc_extension():
