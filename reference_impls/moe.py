@@ -434,10 +434,15 @@ def load_balancing_loss(
     Value: exactly 1 when ``f`` or ``P`` is uniform; ``E`` when every token picks the same expert with
     probability 1 (``count="first"``).
 
+    An empty batch (``T = 0``, e.g. a rank's empty micro-batch) gives 0, still attached to the graph,
+    instead of the 0/0 of the formula, so that summing the losses of micro-batches stays finite.
+
     Args:
         router_probs: ``[T, E]`` softmax probabilities.
         expert_index: ``[T, k]`` chosen experts, first choice in column 0.
     """
+    if router_probs.shape[0] == 0:
+        return router_probs.sum()
     chosen = expert_index[:, :1] if count == "first" else expert_index
     f = torch.bincount(chosen.reshape(-1), minlength=num_experts).to(router_probs.dtype) / chosen.numel()
     P = router_probs.mean(dim=0)
@@ -446,7 +451,9 @@ def load_balancing_loss(
 
 def router_z_loss(router_logits: Tensor) -> Tensor:
     """ST-MoE router z-loss (Zoph et al. 2022, eq. 5): ``mean_s (logsumexp_j z_sj)^2``; ``(ln E)^2`` at
-    zero logits. It penalises large logits, which make the fp32/bf16 softmax unstable."""
+    zero logits. It penalises large logits, which make the fp32/bf16 softmax unstable. 0 for no tokens."""
+    if router_logits.shape[0] == 0:
+        return router_logits.float().sum()
     return torch.logsumexp(router_logits.float(), dim=-1).square().mean()
 
 

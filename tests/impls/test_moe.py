@@ -388,3 +388,18 @@ def test_bf16_runs_and_router_stays_fp32(device):
     assert out.output.dtype == torch.bfloat16 and out.router_logits.dtype == torch.float32
     out.output.float().backward(torch.randn(32, 16, device=device))
     assert moe.experts.w1.grad is not None and torch.isfinite(x.grad.float()).all()
+
+
+def test_an_empty_batch_gives_zero_losses_that_backpropagate():
+    """A rank's empty micro-batch (T = 0) must not turn the summed auxiliary losses into NaN."""
+    torch.manual_seed(0)
+    layer = SparseMoE(8, 16, 4, 2, capacity_factor=1.25)
+    empty = layer(torch.zeros(0, 8, requires_grad=True))
+    assert empty.output.shape == (0, 8) and int(empty.expert_counts.sum()) == 0
+    assert {k: v.item() for k, v in empty.aux_losses.items()} == {"load_balance": 0.0, "z_loss": 0.0}
+    assert all(v.requires_grad for v in empty.aux_losses.values())
+    full = layer(torch.randn(6, 8))
+    total = sum(full.aux_losses.values()) + sum(empty.aux_losses.values())
+    total.backward()
+    assert torch.isfinite(total) and layer.router.weight.grad is not None
+    assert torch.isfinite(layer.router.weight.grad).all()
