@@ -170,6 +170,9 @@ def highlighted_entry(entry: str) -> str | None:
 
 def balanced_braces(value: str) -> bool:
     """Whether ``{...}`` closes only at its end, as one braced BibTeX value must."""
+    inner = value[1:-1]
+    if "{" not in inner and "}" not in inner:  # most values: no inner braces to follow
+        return value[:1] == "{" and value[-1:] == "}"
     depth = 0
     for position, char in enumerate(value):
         depth += (char == "{") - (char == "}")

@@ -76,8 +76,8 @@ def notebook_download_path(notebook: str) -> str:
 
 def rel(source: str, target: str) -> str:
     """The relative link from generated page ``source`` to generated file ``target``."""
-    folder, name = posixpath.split(target)
-    up = relative_folder(folder, posixpath.dirname(source))
+    folder, _, name = target.rpartition("/")  # posixpath.split and dirname, for the paths named here
+    up = relative_folder(folder, source.rpartition("/")[0])
     return name if up == "." else f"{up}/{name}"
 
 
@@ -87,6 +87,11 @@ def relative_folder(target_folder: str, source_folder: str) -> str:
     return posixpath.relpath(target_folder or ".", source_folder or ".")
 
 
+@functools.lru_cache(maxsize=1 << 12)  # most headings ("Summary", "Links") repeat on every paper page
+def heading_slug(heading: str) -> str:
+    return slugify(" ".join(markup.reveal_hidden(heading).split()), "-") or "section"
+
+
 class Anchors:
     """Heading ids as the ``toc`` extension makes them: slugified, and unique within the page."""
 
@@ -94,8 +99,7 @@ class Anchors:
         self.used: set[str] = set()
 
     def new(self, heading: str) -> str:
-        base = slugify(" ".join(markup.reveal_hidden(heading).split()), "-") or "section"
-        return unique(base, self.used, separator="_", first=1)
+        return unique(heading_slug(heading), self.used, separator="_", first=1)
 
 
 def html_page_start(title: str, anchors: Anchors) -> list[str]:

@@ -117,6 +117,13 @@ def test_our_pagerank_equals_networkx(tmp_path):
     assert pagerank(nx.DiGraph()) == {}
 
 
+def test_our_json_is_networkx_node_link_data(small_kb):
+    for kb in (small_kb, load_knowledge_base(ROOT)):
+        graph = citation_graph(kb)
+        assert json.loads(graph_json(graph)) == json.loads(json.dumps(
+            nx.node_link_data(export_attributes(graph), edges=EDGES_KEY), ensure_ascii=False))
+
+
 def test_our_graphml_reads_back_as_networkx_own_does(small_kb):
     for kb in (small_kb, load_knowledge_base(ROOT)):
         graph = citation_graph(kb)
