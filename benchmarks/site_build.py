@@ -26,6 +26,7 @@ pays for compiling Python bytecode or a cold disk cache.
     python benchmarks/site_build.py --nav-reference       # also the reference with every page in the nav
     python benchmarks/site_build.py --quick               # N = 100 only (a smoke test)
     python benchmarks/site_build.py --repeat 5            # fastest of 5 builds each (default 3)
+    python benchmarks/site_build.py --sites /dev/shm      # built sites in memory: disk noise left out
 """
 
 from __future__ import annotations
@@ -142,6 +143,9 @@ def main() -> int:
     parser.add_argument("--nav-reference", action="store_true",
                         help="also build the reference with every page listed in the navigation (slow)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sites", type=Path, default=None,
+                        help="write the built sites here (e.g. /dev/shm, to take a slow or busy disk out of the "
+                             "comparison); default: the work folder")
     parser.add_argument("--repeat", type=int, default=3,
                         help="time each build (ours and the plain reference, interleaved) this often; report the fastest")
     parser.add_argument("--keep", type=Path, default=None, help="keep the corpora and built sites in this folder")
@@ -179,17 +183,19 @@ def main() -> int:
                 for _ in range(args.repeat)]
         gen = min(runs, key=lambda r: r["validate"][0] + r["generate"][0])
         validate, generate = Timing(*gen["validate"]), Timing(*gen["generate"])
-        site = work / f"site-{label.replace(' ', '-')}"
+        sites = Path(args.sites or work).resolve()
+        site = sites / f"moekb-site-{os.getpid()}-{label.replace(' ', '-')}"
+        plain_site = sites / f"moekb-reference-site-{os.getpid()}-{gen['papers']}"
         ref_dir = work / f"reference-{gen['papers']}-plain"
         shutil.rmtree(ref_dir, ignore_errors=True)
         reference_project(ref_dir, gen["papers"], in_nav=False)
         fulls, plains = [], []
         for attempt in range(args.repeat):  # interleaved, so that both see the same load on a shared machine
             print(f"  {label}: mkdocs build and plain reference, run {attempt + 1} of {args.repeat} ...", flush=True)
-            for folder in (site, ref_dir / "site"):
+            for folder in (site, plain_site):
                 shutil.rmtree(folder, ignore_errors=True)
             fulls.append(build(papers, site))
-            plains.append(run_timed([*MKDOCS, "build", "-q", "-d", str(ref_dir / "site")], cwd=ref_dir))
+            plains.append(run_timed([*MKDOCS, "build", "-q", "-d", str(plain_site)], cwd=ref_dir))
         full, references = min(fulls, key=lambda t: t.wall), {False: min(plains, key=lambda t: t.wall)}
         size, page, over = largest_pages(site)
         index = (site / "search" / "search_index.json").stat().st_size
@@ -198,9 +204,11 @@ def main() -> int:
             nav_dir = work / f"reference-{gen['papers']}-nav"
             shutil.rmtree(nav_dir, ignore_errors=True)
             reference_project(nav_dir, gen["papers"], in_nav=True)
-            references[True] = run_timed([*MKDOCS, "build", "-q", "-d", str(nav_dir / "site")], cwd=nav_dir)
+            shutil.rmtree(plain_site, ignore_errors=True)
+            references[True] = run_timed([*MKDOCS, "build", "-q", "-d", str(plain_site)], cwd=nav_dir)
             if not args.keep:
                 shutil.rmtree(nav_dir)
+        shutil.rmtree(plain_site, ignore_errors=True)
         if not args.keep:
             shutil.rmtree(site)
             shutil.rmtree(ref_dir)
