@@ -73,11 +73,12 @@ class PrerenderedPage(Page):
     def render(self, config, files: Files) -> None:
         if self.markdown is None:
             raise RuntimeError("`markdown` field hasn't been set (via `read_source`)")
+        # mkdocs records links to anchors only above DEBUG (anchor checks are skipped at -v): the same here
+        self.links_to_anchors = {} if log.getEffectiveLevel() > logging.DEBUG else None
         self.content = self.links.resolve(self.markdown, self, config)
         self.toc = get_toc(toc_tokens(self.content))
         self._title_from_render = None
         self.present_anchor_ids = {anchor for _, anchor, _ in HEADING.findall(self.content)}
-        self.links_to_anchors = {}
 
 
 def nav_titles(nav) -> dict[str, str]:
@@ -113,7 +114,9 @@ class LinkResolver:
     def resolve(self, html: str, page: Page, config) -> str:
         """``html`` of ``page`` with each relative ``href`` to a documentation file (``x.md``,
         ``../y/index.md#part``) replaced by that file's URL from the page; a missing target is
-        reported as mkdocs reports one in Markdown (``validation.links.not_found``) and left as is."""
+        reported as mkdocs reports one in Markdown (``validation.links.not_found``) and left as is.
+        A link to an anchor (``#part``) is recorded in ``page.links_to_anchors``, when mkdocs keeps
+        that record, so that mkdocs checks the anchor exists as it does for Markdown links."""
         folder = posixpath.dirname(page.file.src_uri)
 
         def replace(match: re.Match) -> str:
@@ -124,6 +127,9 @@ class LinkResolver:
                         f"Doc file '{page.file.src_uri}' contains a link '{target}', but the target "
                         f"'{posixpath.normpath(posixpath.join(folder, target))}' is not found among documentation files.")
                 return match.group()
+            if fragment and page.links_to_anchors is not None:
+                linked = self._targets[(folder, target)]
+                page.links_to_anchors.setdefault(linked, {})[fragment[1:]] = target + fragment
             return f'href="{url}{fragment}"'
 
         return LINK.sub(replace, html)

@@ -74,6 +74,23 @@ def test_a_link_to_a_missing_page_is_reported_like_mkdocs_does(tmp_path, caplog)
     assert "generated/papers/a.md" in record.getMessage()
 
 
+def test_links_to_anchors_are_checked_as_mkdocs_checks_markdown_links(tmp_path, caplog):
+    config, files = site_files(tmp_path, directory_urls=True)
+    resolver = LinkResolver(files)
+    pages = {name: PrerenderedPage(files.get_file_from_path(name), config, resolver)
+             for name in ("generated/papers/a.md", "generated/papers/other.md")}
+    for page in pages.values():
+        page.read_source(config)
+        page.markdown = page.markdown.replace('href="other.md"', 'href="other.md#two"').replace(
+            'href="../taxonomy/engine/index.md#scope"', 'href="other.md#nowhere"')
+        page.render(config, files)
+    with caplog.at_level(logging.INFO, logger="mkdocs"):
+        pages["generated/papers/a.md"].validate_anchor_links(files=files, log_level=logging.WARNING)
+    problems = [r.getMessage() for r in caplog.records if "anchor" in r.getMessage()]
+    assert problems == ["Doc file 'generated/papers/a.md' contains a link 'other.md#nowhere', but the doc "
+                        "'generated/papers/other.md' does not contain an anchor '#nowhere'."]
+
+
 def test_the_shared_relative_urls_equal_mkdocs_own_for_every_pair(tmp_path):
     names = ["index.md", "a.md", "generated/papers/a.md", "generated/papers/b.md", "generated/papers/index.md",
              "generated/taxonomy/engine/index.md", "generated/taxonomy/engine/x.md", "impls/moe.md"]
