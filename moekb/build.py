@@ -30,7 +30,7 @@ def implementation_sources(root: Path, kb: KnowledgeBase) -> dict[str, str]:
     return {m: (root / m).read_text(encoding="utf-8") for m in sorted(modules) if (root / m).is_file()}
 
 
-def generate(root: Path | None = None, papers_dir: Path | None = None) -> tuple[KnowledgeBase, dict[str, str]]:
+def generate(root: Path | None = None, papers_dir: Path | None = None) -> tuple[KnowledgeBase, dict[str, str | bytes]]:
     """Load and render; raises MoekbError (and so writes nothing) if anything is invalid."""
     root = project_root(root)
     kb = load_knowledge_base(root, papers_dir or papers_dir_from_env(root))

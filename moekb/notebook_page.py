@@ -4,31 +4,36 @@ The notebooks are the project's own (``notebooks/*.ipynb``, run by nbval in ``ma
 their outputs committed), so their Markdown cells are written into the page verbatim and the site
 renders them like every other page: same code blocks with copy buttons, same headings in the table
 of contents, same offline assets. Code cells become Python blocks, text outputs text blocks titled
-"Output", images inline ``data:`` images. Nothing is executed and no converter is imported, so a
+"Output", images files beside the page (``notebooks/<name>/cell-4-1.png``), so that the page stays
+small and the browser caches the figures. Nothing is executed and no converter is imported, so a
 build costs a few milliseconds per notebook; converters that emit a whole HTML document bring their
 own scripts and styles (and CDN URLs) with them, which this site must not have.
 """
 
 from __future__ import annotations
 
-import html
+import base64
+import binascii
 import json
 import re
 
 from moekb import markup
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")  # colour codes in tracebacks and progress bars
-IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif")
+IMAGE_TYPES = {"image/png": "png", "image/jpeg": "jpg", "image/gif": "gif"}
 
 
-def notebook_page(name: str, text: str, *, download: str) -> str:
-    """The Markdown page for notebook ``name`` (its JSON ``text``); ``download`` links the .ipynb."""
+def notebook_page(name: str, text: str, *, download: str) -> tuple[str, dict[str, bytes]]:
+    """The Markdown page for notebook ``name`` (its JSON ``text``) and its figures: ``{file name
+    in the folder named after the notebook: bytes}``. ``download`` links the .ipynb."""
     notebook = json.loads(text)
     cells = notebook.get("cells", [])
     note = (f'<small>Rendered from [`notebooks/{name}`]({download}) with the outputs it was committed with '
             f'(`make test` re-runs it with nbval) · [Download the notebook]({download}) · run it with '
             f'`jupyter lab notebooks/{name}`</small>')
     out = [markup.front_matter(notebook_title(name, cells))]
+    folder = name.removesuffix(".ipynb")
+    figures: dict[str, bytes] = {}
     for number, cell in enumerate(cells, start=1):
         source = "".join(cell.get("source", ""))
         if cell.get("cell_type") == "markdown":
@@ -39,11 +44,13 @@ def notebook_page(name: str, text: str, *, download: str) -> str:
             out += [source, ""]
         elif cell.get("cell_type") == "code" and source.strip():
             out += [markup.fence(source, "python"), ""]
-            out += [block for output in cell.get("outputs", []) for block in (output_block(output, number), "") if block]
+            for output in cell.get("outputs", []):
+                block = output_block(output, number, folder, figures)
+                out += [block, ""] if block else []
         if note and number == 1:
             out[1:1] = [note, ""]
             note = ""
-    return "\n".join(out).rstrip() + "\n"
+    return "\n".join(out).rstrip() + "\n", figures
 
 
 def notebook_title(name: str, cells: list[dict]) -> str:
@@ -56,19 +63,24 @@ def notebook_title(name: str, cells: list[dict]) -> str:
     return name
 
 
-def output_block(output: dict, cell_number: int) -> str:
-    """One output of a code cell as Markdown, or "" when it shows nothing."""
+def output_block(output: dict, cell_number: int, folder: str, figures: dict[str, bytes]) -> str:
+    """One output of a code cell as Markdown, or "" when it shows nothing; an image is added to
+    ``figures`` and linked from ``folder``."""
     kind = output.get("output_type")
     if kind == "stream":
         return titled_text("".join(output.get("text", "")), "Output" if output.get("name") != "stderr" else "Messages")
     if kind == "error":
         return titled_text("\n".join(output.get("traceback", [])), output.get("ename", "Error"))
     data = output.get("data", {})
-    for image_type in IMAGE_TYPES:
+    for image_type, extension in IMAGE_TYPES.items():
         if image_type in data:
-            encoded = "".join(data[image_type]).replace("\n", "")
-            alt = html.escape(f"Figure from code cell {cell_number}", quote=True)
-            return f'<p class="moekb-notebook-figure"><img alt="{alt}" src="data:{image_type};base64,{encoded}"></p>'
+            try:
+                image = base64.b64decode("".join(data[image_type]), validate=False)
+            except (binascii.Error, ValueError):
+                return titled_text(f"[an {image_type} output that is not valid base64]", "Output")
+            name = f"cell-{cell_number}-{sum(1 for f in figures if f.startswith(f'cell-{cell_number}-')) + 1}.{extension}"
+            figures[name] = image
+            return f"![Figure from code cell {cell_number}]({folder}/{name})"
     if "text/plain" in data:
         return titled_text("".join(data["text/plain"]), "Output")
     return ""

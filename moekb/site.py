@@ -1,6 +1,7 @@
 """The documentation generator: a pure function from a :class:`KnowledgeBase` to files.
 
-``render_site(kb)`` returns ``{relative path: text}`` for everything under ``docs/generated/``;
+``render_site(kb)`` returns ``{relative path: text}`` for everything under ``docs/generated/``
+(bytes for the notebooks' figures);
 nothing here touches the disk or mkdocs, so every page can be tested on its own. All contributor
 text goes through :mod:`moekb.markup`. Per-paper pages stay out of the global navigation (index
 pages list them), so building one page does not cost more as the corpus grows.
@@ -480,7 +481,7 @@ class SiteRenderer:
 
 
 def render_site(kb: KnowledgeBase, *, implementations: dict[str, str] | None = None,
-                schema: dict | None = None, guides: set[str] | frozenset = frozenset()) -> dict[str, str]:
+                schema: dict | None = None, guides: set[str] | frozenset = frozenset()) -> dict[str, str | bytes]:
     """Every generated file, keyed by its path under ``docs/generated/``.
 
     ``implementations`` maps a reference-implementation path (as named in the taxonomy) to its
@@ -512,7 +513,10 @@ def render_site(kb: KnowledgeBase, *, implementations: dict[str, str] | None = N
         files[code_path(module)] = site.code_page(module, text)
     for name, text in kb.notebooks.items():
         files[notebook_download_path(name)] = text
-        files[notebook_path(name)] = notebook_page(name, text, download=posixpath.basename(notebook_download_path(name)))
+        page, figures = notebook_page(name, text, download=posixpath.basename(notebook_download_path(name)))
+        files[notebook_path(name)] = page
+        folder = posixpath.splitext(notebook_path(name))[0]
+        files.update({f"{folder}/{figure}": data for figure, data in figures.items()})
     graph = citation_graph(kb)
     files[GRAPH_PAGE] = site.graph_page(graph)
     files["downloads/graph.json"] = graph_json(graph)

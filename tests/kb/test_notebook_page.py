@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -26,7 +27,7 @@ def code_cell(text: str, *outputs: dict) -> dict:
 
 
 def test_cells_become_markdown_code_blocks_and_titled_outputs():
-    page = notebook_page("demo.ipynb", notebook(
+    page, figures = notebook_page("demo.ipynb", notebook(
         md_cell("# A demo\n\nSome *prose*.\n\n## Part one"),
         code_cell("x = 1\nprint(x)",
                   {"output_type": "stream", "name": "stdout", "text": ["1\n"]},
@@ -46,14 +47,15 @@ def test_cells_become_markdown_code_blocks_and_titled_outputs():
     assert '```text title="Output"\n1\n```' in page
     assert '````text title="Messages"\ncareful ```\n````' in page  # a fence no output can close
     assert page.count("```python") == 4
-    assert f'<img alt="Figure from code cell 4" src="data:image/png;base64,{PNG}">' in page
+    assert "![Figure from code cell 4](demo/cell-4-1.png)" in page
+    assert figures == {"cell-4-1.png": base64.b64decode(PNG)}
     assert "<Figure>" not in page  # the image stands for the figure, not its text form
     assert '```text title="ZeroDivisionError"\nZeroDivisionError: division by zero\n```' in page  # colours stripped
     assert '```text title="Output"\n42\n```' in page
 
 
 def test_the_page_renders_with_the_site_markdown():
-    page = notebook_page("demo.ipynb", notebook(md_cell("# Demo"), code_cell(
+    page, _ = notebook_page("demo.ipynb", notebook(md_cell("# Demo"), code_cell(
         "print(1)", {"output_type": "stream", "name": "stdout", "text": "1\n"})), download="demo.ipynb")
     body = page.split("---\n", 2)[2]
     html = markdown.markdown(body, extensions=["pymdownx.highlight", "pymdownx.superfences", "md_in_html"])
@@ -62,7 +64,7 @@ def test_the_page_renders_with_the_site_markdown():
 
 def test_title_falls_back_to_the_file_name():
     assert notebook_title("x.ipynb", [{"cell_type": "markdown", "source": "## not a title"}]) == "x.ipynb"
-    page = notebook_page("x.ipynb", notebook(code_cell("1")), download="x.ipynb")
+    page, _ = notebook_page("x.ipynb", notebook(code_cell("1")), download="x.ipynb")
     assert page.startswith('---\ntitle: "x.ipynb"\n---\n\n<small>Rendered from')
 
 
@@ -70,11 +72,12 @@ def test_the_project_notebooks_show_every_code_cell_and_figure_and_no_script():
     for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
         text = path.read_text(encoding="utf-8")
         cells = json.loads(text)["cells"]
-        page = notebook_page(path.name, text, download=path.name)
+        page, figures = notebook_page(path.name, text, download=path.name)
         for cell in cells:
             source = "".join(cell["source"]).strip()
             if cell["cell_type"] == "code" and source:
                 assert source.splitlines()[0] in page, (path.name, source[:40])
-        figures = sum(1 for c in cells for o in c.get("outputs", []) if "image/png" in o.get("data", {}))
-        assert page.count("<img ") == figures > 0, path.name
+        count = sum(1 for c in cells for o in c.get("outputs", []) if "image/png" in o.get("data", {}))
+        assert page.count("![Figure from code cell") == len(figures) == count > 0, path.name
+        assert all(data.startswith(b"\x89PNG") for data in figures.values())
         assert "<script" not in page and "://" not in page.replace("https://arxiv.org/", ""), path.name

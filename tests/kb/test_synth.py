@@ -247,9 +247,10 @@ class Hrefs(HTMLParser):
         super().__init__()
         self.hrefs: list[str] = []
 
-    def handle_starttag(self, tag, attrs):
-        if tag == "a" and dict(attrs).get("href"):
-            self.hrefs.append(dict(attrs)["href"])
+    def handle_starttag(self, tag, attrs):  # links, and images (the notebooks' figures are files)
+        target = dict(attrs).get({"a": "href", "img": "src"}.get(tag, ""))
+        if target:
+            self.hrefs.append(target)
 
 
 def internal_targets(page: Path) -> list[str]:
@@ -274,3 +275,5 @@ def test_every_link_on_a_generated_page_reaches_a_built_page(built_site, kb):
         assert 'aria-label="Table of contents"' in html and 'href="#bibtex" class="md-nav__link"' in html
     listing = (built_site / "generated" / "papers" / "index.html").read_text(encoding="utf-8")
     assert listing.count('<tr><td><a href="') == N
+    notebook = built_site / "generated" / "notebooks" / "engine_moe_llava" / "index.html"
+    assert [t for t in internal_targets(notebook) if t.endswith(".png")], "the notebook's figures are linked files"
