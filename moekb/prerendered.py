@@ -13,7 +13,8 @@ that body to the theme directly. What Markdown would have done for such a page i
   mkdocs reports one (a warning, so ``--strict`` fails);
 * the table of contents is read from the headings, which the generator writes with ids and
   permalinks as the ``toc`` extension does;
-* the heading ids are recorded, so links to ``page.md#anchor`` are checked against them.
+* the heading ids are recorded, so links to ``page.md#anchor`` are checked against them, and so
+  are this page's own links to anchors elsewhere, so mkdocs checks those too.
 
 mkdocs (1.6) lets a plugin put its own ``Page`` on a file in ``on_files``, before the navigation
 is built; the hook does that for :func:`is_prerendered`. The page still goes through every plugin
