@@ -34,8 +34,9 @@ NODE_SPACING = 30.0  # layout units: papers on a sunflower spiral sit about 1.8x
 CLUSTER_GAP = 50.0  # layout units between neighbouring discs and rows
 
 
-def citation_graph(kb: KnowledgeBase) -> nx.DiGraph:
-    """Every paper a node (inserted in id order, so exports diff cleanly), every citation an edge."""
+def citation_graph(kb: KnowledgeBase, *, ranked: bool = True) -> nx.DiGraph:
+    """Every paper a node (inserted in id order, so exports diff cleanly), every citation an edge;
+    ``ranked=False`` leaves out the in-KB citation counts and PageRank (enough to find cycles)."""
     graph = nx.DiGraph()
     for paper in kb.papers:
         attrs = {
@@ -56,6 +57,8 @@ def citation_graph(kb: KnowledgeBase) -> nx.DiGraph:
         for target in paper.cites:
             if target in graph:
                 graph.add_edge(paper.id, target)
+    if not ranked:
+        return graph
     ranks = pagerank(graph)
     for node in graph.nodes:
         graph.nodes[node]["in_kb_citations"] = graph.in_degree(node)
