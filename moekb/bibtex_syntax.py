@@ -295,24 +295,15 @@ class Scanner:
                      self.next_block_at_line_start(pos))
 
     def braced(self, opening: int, name: str) -> int:
-        depth, pos = 0, opening
-        while pos < len(self.text):
-            ch = self.text[pos]
-            if ch == "\\":
-                pos += 2
-                continue
-            if ch == "{":
-                depth += 1
-            elif ch == "}":
-                depth -= 1
-                if depth == 0:
-                    return pos + 1
-            elif ch == "@" and self.block_start_here(pos):
-                break
-            pos += 1
-        raise Resync(self.unclosed(opening, pos, name, "'{'"), self.next_block_at_line_start(pos))
+        return self.delimited(opening, name, closer="}")
 
     def quoted(self, opening: int, name: str) -> int:
+        return self.delimited(opening, name, closer='"')
+
+    def delimited(self, opening: int, name: str, *, closer: str) -> int:
+        """The end of a ``{...}`` (``closer="}"``) or ``"..."`` value opening at ``opening``: braces
+        nest inside both, backslash escapes the next character, and an ``@`` that starts a new
+        block, or (in quotes) a ``}`` closing the entry, means the value was never closed."""
         depth, pos = 0, opening + 1
         while pos < len(self.text):
             ch = self.text[pos]
@@ -322,15 +313,17 @@ class Scanner:
             if ch == "{":
                 depth += 1
             elif ch == "}":
-                if depth == 0:  # the quote ran past the end of the entry
-                    break
+                if depth == 0:
+                    if closer == "}":
+                        return pos + 1
+                    break  # the quote ran past the end of the entry
                 depth -= 1
-            elif ch == '"' and depth == 0:
+            elif ch == closer and depth == 0:
                 return pos + 1
             elif ch == "@" and self.block_start_here(pos):
                 break
             pos += 1
-        raise Resync(self.unclosed(opening, pos, name, "'\"'"), self.next_block_at_line_start(pos))
+        raise Resync(self.unclosed(opening, pos, name, f"'{self.text[opening]}'"), self.next_block_at_line_start(pos))
 
     def unclosed(self, opening: int, stop: int, name: str, what: str) -> Problem:
         """A value whose delimiter never closes; name the line it ran into, when a field starts there."""

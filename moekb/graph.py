@@ -175,13 +175,14 @@ def graph_graphml(graph: nx.DiGraph) -> str:
     Written directly: ``nx.generate_graphml`` builds an ElementTree of the whole graph first,
     a third of a second at 2000 papers. The output is what networkx writes (key ids named after the
     attributes, networkx's type names), and a test reads both back and compares them."""
-    flat = export_attributes(graph)
+    nodes: list[tuple[str, dict]] = []  # the published attributes, lists joined, without copying the graph
     keys: dict[str, str] = {}
-    for _, attrs in flat.nodes(data=True):
-        for key, value in attrs.items():
-            if isinstance(value, list):
-                attrs[key] = value = LIST_SEPARATOR.join(value)
+    for node, attrs in graph.nodes(data=True):
+        flat = {k: LIST_SEPARATOR.join(v) if isinstance(v, list) else v
+                for k, v in attrs.items() if k not in PRIVATE_ATTRIBUTES}
+        for key, value in flat.items():
             keys.setdefault(key, GRAPHML_TYPES[type(value)])
+        nodes.append((node, flat))
 
     def text(value) -> str:
         return escape(NOT_XML.sub("\ufffd", str(value)))
@@ -193,10 +194,10 @@ def graph_graphml(graph: nx.DiGraph) -> str:
     out += [f'<key id={quoteattr(key)} for="node" attr.name={quoteattr(key)} attr.type="{kind}" />'
             for key, kind in keys.items()]
     out.append('<graph edgedefault="directed">')
-    for node, attrs in flat.nodes(data=True):
+    for node, attrs in nodes:
         data = "".join(f"<data key={quoteattr(k)}>{text(v)}</data>" for k, v in attrs.items())
         out.append(f"<node id={quoteattr(text(node))}>{data}</node>")
-    out += [f"<edge source={quoteattr(text(s))} target={quoteattr(text(t))} />" for s, t in flat.edges]
+    out += [f"<edge source={quoteattr(text(s))} target={quoteattr(text(t))} />" for s, t in graph.edges]
     out.append("</graph></graphml>")
     return "\n".join(out) + "\n"
 

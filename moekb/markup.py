@@ -78,12 +78,6 @@ def safe_url(url: str | None) -> str | None:
     return url.replace("(", "%28").replace(")", "%29").replace(" ", "%20")
 
 
-def link(label: str, url: str | None) -> str:
-    """An external Markdown link with escaped label, or just the label when the URL is not http(s)."""
-    target = safe_url(url)
-    return f"[{md(label)}]({target})" if target else md(label)
-
-
 def fence(code: str, language: str = "") -> str:
     """A fenced code block that no backtick run inside ``code`` can close; bidirectional and
     invisible characters are shown as code points there too (they would reorder the code)."""
@@ -149,16 +143,16 @@ def html_list(items_html: list[str]) -> str:
     return "<ul>\n" + "\n".join(f"<li>{item}</li>" for item in items_html) + "\n</ul>"
 
 
-def html_code_block(code: str, language: str) -> str:
+def html_code_block(code: str, language: str, *, fast_highlight=None) -> str:
     """A highlighted block as pymdownx.highlight writes it (Pygments' token classes), or a Mermaid
-    block as superfences' ``fence_code_format`` writes it, which the Mermaid script draws."""
+    block as superfences' ``fence_code_format`` writes it, which the Mermaid script draws.
+    ``fast_highlight(code)`` may return that HTML without Pygments' lexer, or None to use it."""
     code = reveal_hidden(code).rstrip()
     if language == "mermaid":
         return f'<pre class="mermaid"><code>{html.escape(code, quote=False)}</code></pre>'
-    from moekb.bib import highlighted_entry
     from pygments import highlight  # imported on first use: most commands never highlight
 
-    body = (highlighted_entry(code) if language == "bibtex" else None) or highlight(code, *_pygments(language))
+    body = (fast_highlight and fast_highlight(code)) or highlight(code, *_pygments(language))
     return f'<div class="highlight"><pre><span></span><code>{body}</code></pre></div>'
 
 

@@ -169,16 +169,16 @@ class KnowledgeBase:
     @cached_property
     def by_perspective(self) -> dict[str, list[Paper]]:
         """Papers of each perspective id, in id order: one pass, not one scan per page that asks."""
-        index: dict[str, list[Paper]] = {}
-        for paper in self.papers:
-            index.setdefault(paper.perspective, []).append(paper)
-        return index
+        return self._grouped("perspective")
 
     @cached_property
     def by_subcategory(self) -> dict[str, list[Paper]]:
+        return self._grouped("subcategory")
+
+    def _grouped(self, field_name: str) -> dict[str, list[Paper]]:
         index: dict[str, list[Paper]] = {}
         for paper in self.papers:
-            index.setdefault(paper.subcategory, []).append(paper)
+            index.setdefault(getattr(paper, field_name), []).append(paper)
         return index
 
     def in_perspective(self, perspective_id: str) -> list[Paper]:

@@ -18,7 +18,7 @@ from collections import Counter
 from markdown.extensions.toc import slugify
 
 from moekb import markup
-from moekb.bib import bibtex_entries, join_entries
+from moekb.bib import bibtex_entries, highlighted_entry, join_entries
 from moekb.charts import GAP_HEATMAP, PAPERS_PER_YEAR, render_charts, year_series
 from moekb.graph import LIST_SEPARATOR, citation_graph, explorer_data, graph_graphml, graph_json, summarise
 from moekb.identifiers import unique
@@ -330,7 +330,7 @@ class SiteRenderer:
         if cites or cited_by:
             out += [section(3, "Neighbourhood"),
                     markup.html_code_block(self.neighbourhood_diagram(paper, cites, cited_by), "mermaid")]
-        out += [section(2, "BibTeX"), markup.html_code_block(self.bibtex[paper.id], "bibtex"),
+        out += [section(2, "BibTeX"), markup.html_code_block(self.bibtex[paper.id], "bibtex", fast_highlight=highlighted_entry),
                 section(2, "Sources"), "<p>Metadata checked against:</p>",
                 markup.html_list([markup.external_html_link(u, u) for u in paper.verified_from])]
         if paper.notes:
