@@ -14,6 +14,7 @@ from mkdocs.structure.files import File
 from moekb.build import build
 from moekb.errors import MoekbError
 from moekb.graph import citation_graph, cycle_warnings
+from moekb.page_shell import pour_pages
 from moekb.prerendered import GENERATED_FOLDER, LinkResolver, PrerenderedPage, is_prerendered, nav_titles
 from moekb.search import add_to_search_index, search_entries
 from moekb.shared_chrome import share_chrome
@@ -61,9 +62,12 @@ def on_nav(nav, config, files, **kwargs):
 
 
 def on_env(env, config, files, **kwargs):
-    """Pre-rendered pages outside the navigation share the theme's chrome HTML (moekb.shared_chrome)."""
+    """Pre-rendered pages outside the navigation share the theme's chrome HTML (moekb.shared_chrome),
+    and are poured into a shell of the page template (moekb.page_shell)."""
     in_nav = built.get("in_nav", set())
-    return share_chrome(env, lambda page: isinstance(page, PrerenderedPage) and page.file.src_uri not in in_nav)
+    env = share_chrome(env, lambda page: isinstance(page, PrerenderedPage) and page.file.src_uri not in in_nav)
+    built["shells"] = pour_pages(env)
+    return env
 
 
 @event_priority(-100)  # after the search plugin has written its index (default priority 0)
@@ -78,3 +82,8 @@ def on_post_build(config, **kwargs) -> None:
 
     added = add_to_search_index(Path(config.site_dir), search_entries(kb), url_of)
     log.info("moekb: %d entries added to the search index", added)
+    shells = built.get("shells")
+    if shells is not None:
+        log.info("moekb: %d pages poured into %d page shells (%d shapes rendered by the template)", shells.poured,
+                 sum(shell is not None for shell in shells.shells.values()),
+                 sum(shell is None for shell in shells.shells.values()))
