@@ -194,8 +194,9 @@ def graph_graphml(graph: nx.DiGraph) -> str:
     out += [f'<key id={quoteattr(key)} for="node" attr.name={quoteattr(key)} attr.type="{kind}" />'
             for key, kind in keys.items()]
     out.append('<graph edgedefault="directed">')
+    opening = {key: f"<data key={quoteattr(key)}>" for key in keys}
     for node, attrs in nodes:
-        data = "".join(f"<data key={quoteattr(k)}>{text(v)}</data>" for k, v in attrs.items())
+        data = "".join(f"{opening[k]}{text(v)}</data>" for k, v in attrs.items())
         out.append(f"<node id={quoteattr(text(node))}>{data}</node>")
     out += [f"<edge source={quoteattr(text(s))} target={quoteattr(text(t))} />" for s, t in graph.edges]
     out.append("</graph></graphml>")

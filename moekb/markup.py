@@ -18,6 +18,7 @@ MARKDOWN_ACTIVE = re.compile(r"([\\`*_{}\[\]()#+\-.!|])")  # Python-Markdown's e
 HIDDEN = re.compile("[\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
 SAFE_URL = re.compile(r"^https?://[^\s<>\"'`]+$", re.IGNORECASE)
 LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9 _-]")
+YAML_UNPRINTABLE = re.compile("[\x7f-\x9f\u2028\u2029\ud800-\udfff\ufeff\ufffe\uffff]")
 JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')  # one string literal in json.dumps output
 
 
@@ -68,7 +69,15 @@ def title_heading(text: str, *, searched: bool = True) -> str:
 def front_matter(title: str, *, searched: bool = True) -> str:
     """The front matter of :func:`title_heading`, for pages that write their own H1."""
     search = "" if searched else "search:\n  exclude: true\n"
-    return f"---\ntitle: {json.dumps(html_text(title))}\n{search}---\n"
+    return f"---\ntitle: {yaml_json_string(html_text(title))}\n{search}---\n"
+
+
+def yaml_json_string(text: str) -> str:
+    """``text`` as a string literal that JSON and YAML read alike. ``json.dumps`` writes a character
+    beyond U+FFFF as a surrogate pair, which PyYAML (mkdocs' reader) turns into two broken
+    characters; so such characters are written as they are, and only what YAML cannot hold in a
+    double-quoted scalar (controls, line separators, surrogates, non-characters) is escaped."""
+    return YAML_UNPRINTABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(text, ensure_ascii=False))
 
 
 def safe_url(url: str | None) -> str | None:

@@ -23,6 +23,7 @@ event, the theme template, the sitemap and link validation like any other.
 
 from __future__ import annotations
 
+import json
 import logging
 import posixpath
 import re
@@ -43,6 +44,7 @@ HEADING = re.compile(r'<h([1-6]) id="([^"]+)">(.*?)<a class="headerlink"')
 LINK = re.compile(r'href="([^":#?]+\.md)(#[^"]*)?"')  # relative links to documentation files
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 FRONT_MATTER = re.compile(r"\A---\n(.*?\n)---\n", re.DOTALL)
+GENERATED_FRONT_MATTER = re.compile(r'title: ("(?:[^"\\\n]|\\.)*")\n(search:\n  exclude: true\n)?')
 
 
 def is_prerendered(file: File) -> bool:
@@ -66,9 +68,7 @@ class PrerenderedPage(Page):
         if source is None:
             source = self.file.content_string
         match = FRONT_MATTER.match(source)
-        # The generator writes this front matter; libyaml reads it in microseconds where mkdocs'
-        # own reader (pure-Python PyYAML) takes a large part of a millisecond.
-        self.meta = (yaml.load(match.group(1), Loader=SAFE_LOADER) or {}) if match else {}
+        self.meta = read_front_matter(match.group(1)) if match else {}
         self.markdown = source[match.end():] if match else source
 
     def render(self, config, files: Files) -> None:
@@ -80,6 +80,20 @@ class PrerenderedPage(Page):
         self.toc = get_toc(toc_tokens(self.content))
         self._title_from_render = None
         self.present_anchor_ids = {anchor for _, anchor, _ in HEADING.findall(self.content)}
+
+
+def read_front_matter(text: str) -> dict:
+    """The front matter the generator writes (:func:`moekb.markup.front_matter`: a title as a JSON
+    string, which YAML reads as JSON does, and perhaps the search exclusion) without a YAML parser;
+    anything else through libyaml, which still takes microseconds where mkdocs' own reader
+    (pure-Python PyYAML) takes a large part of a millisecond."""
+    match = GENERATED_FRONT_MATTER.fullmatch(text)
+    if match is None:
+        return yaml.load(text, Loader=SAFE_LOADER) or {}
+    meta = {"title": json.loads(match.group(1))}
+    if match.group(2):
+        meta["search"] = {"exclude": True}
+    return meta
 
 
 def nav_titles(nav) -> dict[str, str]:
@@ -119,40 +133,43 @@ class LinkResolver:
         A link to an anchor (``#part``) is recorded in ``page.links_to_anchors``, when mkdocs keeps
         that record, so that mkdocs checks the anchor exists as it does for Markdown links."""
         folder = posixpath.dirname(page.file.src_uri)
+        base = page_folder(page.url)
+        anchors = page.links_to_anchors
 
         def replace(match: re.Match) -> str:
             target, fragment = match.group(1), match.group(2) or ""
-            url = self.url(folder, target, page.url)
+            url = self.url(folder, target, page.url, base)
             if url is None:
                 log.log(config.validation.links.not_found,
                         f"Doc file '{page.file.src_uri}' contains a link '{target}', but the target "
                         f"'{posixpath.normpath(posixpath.join(folder, target))}' is not found among documentation files.")
                 return match.group()
-            if fragment and page.links_to_anchors is not None:
-                linked = self._targets[(folder, target)]
-                page.links_to_anchors.setdefault(linked, {})[fragment[1:]] = target + fragment
+            if fragment and anchors is not None:
+                anchors.setdefault(self._targets[(folder, target)], {})[fragment[1:]] = target + fragment
             return f'href="{url}{fragment}"'
 
         return LINK.sub(replace, html)
 
-    def url(self, folder: str, target: str, page_url: str) -> str | None:
-        """The URL of ``target`` (a path relative to docs-relative ``folder``) from the page at ``page_url``."""
+    def url(self, folder: str, target: str, page_url: str, base: str | None = None) -> str | None:
+        """The URL of ``target`` (a path relative to docs-relative ``folder``) from the page at
+        ``page_url``, whose :func:`page_folder` is ``base`` (computed when not given)."""
         key = (folder, target)
-        if key not in self._targets:
-            self._targets[key] = self.files.get_file_from_path(posixpath.normpath(posixpath.join(folder, target)))
-        linked = self._targets[key]
+        linked = self._targets.get(key, False)
+        if linked is False:
+            linked = self._targets[key] = self.files.get_file_from_path(posixpath.normpath(posixpath.join(folder, target)))
         if linked is None:
             return None
         # mkdocs' relative URLs start from the page's folder (the page URL itself when it ends in
         # "/"). From sibling folders, a target outside them has the same URL: "../" + the URL from
         # their common parent. Anything else is computed for the page itself.
-        base = page_folder(page_url)
+        base = page_folder(page_url) if base is None else base
         if base == "." or (linked.url + "/").startswith(base + "/"):
             return get_relative_url(linked.url, page_url)
         siblings = (linked.url, posixpath.dirname(base))
-        if siblings not in self._relative:
-            self._relative[siblings] = get_relative_url(linked.url, page_url)
-        return self._relative[siblings]
+        url = self._relative.get(siblings)
+        if url is None:
+            url = self._relative[siblings] = get_relative_url(linked.url, page_url)
+        return url
 
 
 def page_folder(page_url: str) -> str:
