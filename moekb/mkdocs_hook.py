@@ -11,7 +11,7 @@ from mkdocs.exceptions import PluginError
 from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File
 
-from moekb.build import build
+from moekb.build import CollectorPause, build
 from moekb.errors import MoekbError
 from moekb.graph import citation_graph, cycle_warnings
 from moekb.page_shell import pour_pages
@@ -21,9 +21,11 @@ from moekb.shared_chrome import share_chrome
 
 log = logging.getLogger("mkdocs.moekb")
 built = {}  # what earlier events of this build made, for the later ones: kb, links, in_nav
+collector = CollectorPause()  # from on_pre_build to the end of the build (moekb.build.CollectorPause)
 
 
 def on_pre_build(config, **kwargs) -> None:
+    collector.pause()
     root = Path(config.config_file_path).resolve().parent
     try:
         kb, written, removed = build(root)
@@ -73,6 +75,7 @@ def on_env(env, config, files, **kwargs):
 @event_priority(-100)  # after the search plugin has written its index (default priority 0)
 def on_post_build(config, **kwargs) -> None:
     """Paper and listing pages are left out of the theme's search plugin; add their entries from the knowledge base."""
+    collector.resume()
     kb = built.get("kb")
     if kb is None:
         return
@@ -87,3 +90,7 @@ def on_post_build(config, **kwargs) -> None:
         log.info("moekb: %d pages poured into %d page shells (%d shapes rendered by the template)", shells.poured,
                  sum(shell is not None for shell in shells.shells.values()),
                  sum(shell is None for shell in shells.shells.values()))
+
+
+def on_build_error(error, **kwargs) -> None:
+    collector.resume()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 from pathlib import Path
@@ -11,10 +12,10 @@ import pytest
 from mkdocs.exceptions import PluginError
 
 from moekb.bib import parse_bibtex
-from moekb.build import build, generate
+from moekb.build import CollectorPause, build, generate
 from moekb.errors import MoekbError
 from moekb.load import load_knowledge_base
-from moekb.mkdocs_hook import on_pre_build
+from moekb.mkdocs_hook import on_build_error, on_pre_build
 from moekb.site import render_site
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -131,8 +132,22 @@ def test_rebuild_writes_only_changes_and_removes_stale_pages(small_project):
 def test_mkdocs_hook_turns_invalid_input_into_a_plugin_error(small_project):
     (small_project / "papers" / "turing2024other.yaml").write_text("id: turing2024other\n")
     config = SimpleNamespace(config_file_path=str(small_project / "mkdocs.yml"))
+    thresholds = gc.get_threshold()
     with pytest.raises(PluginError, match=r"papers/turing2024other.yaml:1: missing required field 'title'"):
         on_pre_build(config)
+    assert gc.get_threshold()[0] >= CollectorPause.THRESHOLD  # paused for the build ...
+    on_build_error(error=PluginError("x"))  # ... until mkdocs reports the build failed
+    assert gc.get_threshold() == thresholds
+
+
+def test_the_collector_pause_restores_the_thresholds_and_nests():
+    before = gc.get_threshold()
+    with CollectorPause():
+        assert gc.get_threshold() == (max(CollectorPause.THRESHOLD, before[0]), *before[1:])
+        with CollectorPause():
+            pass
+        assert gc.get_threshold()[0] >= CollectorPause.THRESHOLD  # the inner pause left the outer one in place
+    assert gc.get_threshold() == before
 
 
 def test_generate_is_deterministic(small_project):
