@@ -4,6 +4,7 @@ and leaves the previous output (and the site being served) as it was."""
 
 from __future__ import annotations
 
+import gc
 import logging
 from pathlib import Path
 
@@ -94,3 +95,11 @@ def on_post_build(config, **kwargs) -> None:
 
 def on_build_error(error, **kwargs) -> None:
     collector.resume()
+
+
+def on_shutdown(**kwargs) -> None:
+    """mkdocs is about to exit. The interpreter's last collection would walk every object still
+    alive (the knowledge base, the theme's templates, every module): about a third of a second
+    after a 2000-paper build, once the site is written. Frozen objects are left out of it; the
+    memory goes back to the system at exit all the same."""
+    gc.freeze()
