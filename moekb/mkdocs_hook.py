@@ -12,7 +12,7 @@ from mkdocs.exceptions import PluginError
 from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File
 
-from moekb.build import CollectorPause, build
+from moekb.build import CollectorPause, build, implementation_sources
 from moekb.errors import MoekbError
 from moekb.graph import citation_graph, cycle_warnings
 from moekb.page_shell import pour_pages
@@ -84,7 +84,8 @@ def on_post_build(config, **kwargs) -> None:
     def url_of(page: str) -> str:
         return File(f"{GENERATED_FOLDER}{page}", config.docs_dir, config.site_dir, config.use_directory_urls).url
 
-    added = add_to_search_index(Path(config.site_dir), search_entries(kb), url_of)
+    implementations = implementation_sources(Path(config.config_file_path).resolve().parent, kb)
+    added = add_to_search_index(Path(config.site_dir), search_entries(kb, implementations), url_of)
     log.info("moekb: %d entries added to the search index", added)
     shells = built.get("shells")
     if shells is not None:

@@ -125,6 +125,8 @@ class LinkResolver:
         self.files = files
         self._targets: dict[tuple[str, str], File | None] = {}
         self._relative: dict[tuple[str, str], str] = {}
+        # (source folder, page folder's parent) -> {target: (URL, target's URL + "/")}
+        self._shared: dict[tuple[str, str], dict[str, tuple[str, str]]] = {}
 
     def resolve(self, html: str, page: Page, config) -> str:
         """``html`` of ``page`` with each relative ``href`` to a documentation file (``x.md``,
@@ -135,10 +137,14 @@ class LinkResolver:
         folder = posixpath.dirname(page.file.src_uri)
         base = page_folder(page.url)
         anchors = page.links_to_anchors
+        # URLs the same from every sibling folder: of targets outside the page's folder (see url())
+        shared = self._shared.setdefault((folder, posixpath.dirname(base)), {}) if base != "." else {}
+        inside = base + "/"
 
         def replace(match: re.Match) -> str:
             target, fragment = match.group(1), match.group(2) or ""
-            url = self.url(folder, target, page.url, base)
+            known = shared.get(target)
+            url = known[0] if known and not known[1].startswith(inside) else self.url(folder, target, page.url, base)
             if url is None:
                 log.log(config.validation.links.not_found,
                         f"Doc file '{page.file.src_uri}' contains a link '{target}', but the target "
@@ -165,10 +171,11 @@ class LinkResolver:
         base = page_folder(page_url) if base is None else base
         if base == "." or (linked.url + "/").startswith(base + "/"):
             return get_relative_url(linked.url, page_url)
-        siblings = (linked.url, posixpath.dirname(base))
-        url = self._relative.get(siblings)
+        parent = posixpath.dirname(base)
+        url = self._relative.get((linked.url, parent))
         if url is None:
-            url = self._relative[siblings] = get_relative_url(linked.url, page_url)
+            url = self._relative[(linked.url, parent)] = get_relative_url(linked.url, page_url)
+        self._shared.setdefault((folder, parent), {})[target] = (url, linked.url + "/")
         return url
 
 

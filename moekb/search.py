@@ -10,7 +10,9 @@ modalities and summary, all escaped here because the theme shows an entry's text
 
 The pages that list papers (all papers, each perspective, sub-category and gap, the citation
 graph) grow with the corpus too, and their tables would fill the index with every title again;
-they get one entry each: their title and the text that describes them.
+they get one entry each: their title and the text that describes them. The source-code pages
+get one entry each too, the module's path and its source, as the plugin would have read it from
+the page, without parsing thousands of highlighted tokens back out of the HTML.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from typing import Callable
 
 from moekb.markup import html_text
 from moekb.model import KnowledgeBase
-from moekb.site import ALL_PAPERS_PAGE, GRAPH_PAGE, gap_path, paper_path, perspective_path, subcategory_path
+from moekb.site import (ALL_PAPERS_PAGE, GRAPH_PAGE, code_path, gap_path, paper_path, perspective_path,
+                        subcategory_path)
 
 INDEX_PATH = Path("search") / "search_index.json"  # where the theme's search plugin writes its index
 
@@ -30,9 +33,10 @@ def entry(title: str, paragraphs: list[str]) -> dict[str, str]:
     return {"title": html_text(title), "text": " ".join(f"<p>{html_text(p)}</p>" for p in paragraphs if p)}
 
 
-def search_entries(kb: KnowledgeBase) -> dict[str, dict[str, str]]:
+def search_entries(kb: KnowledgeBase, implementations: dict[str, str] | None = None) -> dict[str, dict[str, str]]:
     """``{page path (as render_site names it): {"title": ..., "text": ...}}``, HTML-escaped, for
-    every page the generator keeps out of the theme's search plugin (``searched=False``)."""
+    every page the generator keeps out of the theme's search plugin (``searched=False``);
+    ``implementations`` as given to :func:`moekb.site.render_site`."""
     tax = kb.taxonomy
     entries = {ALL_PAPERS_PAGE: entry("All papers", [f"{len(kb.papers)} papers in one table, sortable and filterable."])}
     for perspective in tax.perspectives:
@@ -57,6 +61,8 @@ def search_entries(kb: KnowledgeBase) -> dict[str, dict[str, str]]:
             paper.summary,
         ]
         entries[paper_path(paper.id)] = entry(paper.title, paragraphs)
+    for module, source in (implementations or {}).items():
+        entries[code_path(module)] = entry(module, ["The reference implementation's source.", source])
     return entries
 
 

@@ -472,7 +472,9 @@ class SiteRenderer:
         intro = "The reference implementation's source, as in the repository."
         if posixpath.basename(guide) in self.guides:
             intro += f" The [guide]({rel(code_path(module), guide)}) explains it next to the paper."
-        return "\n".join([f"# {markup.code(module)}", "", intro, "",
+        # Out of the theme's search plugin, which would parse every highlighted token of the
+        # source back out of the HTML; moekb.search indexes the source text itself.
+        return "\n".join([markup.front_matter(module, searched=False), f"# {markup.code(module)}", "", intro, "",
                           markup.fence(text, "python"), ""])
 
     def papers_json(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import posixpath
+from types import SimpleNamespace
 from pathlib import Path
 
 import markdown
@@ -110,6 +111,11 @@ def test_the_shared_relative_urls_equal_mkdocs_own_for_every_pair(tmp_path):
                     link = posixpath.relpath(target.src_uri, folder or ".")
                     assert resolver.url(folder, link, source.url) == target.url_relative_to(source), \
                         (directory_urls, source.src_uri, target.src_uri)
+                # and the same through resolve(), which keeps its own per-folder cache of hrefs
+                page = SimpleNamespace(file=source, url=source.url, links_to_anchors={})
+                html = "".join(f'<a href="{posixpath.relpath(t.src_uri, folder or ".")}#x">' for t in files)
+                expected = "".join(f'<a href="{t.url_relative_to(source)}#x">' for t in files)
+                assert resolver.resolve(html, page, None) == expected, (directory_urls, source.src_uri)
 
 
 def test_nav_titles_name_each_listed_file():

@@ -216,6 +216,7 @@ def test_listing_pages_have_one_search_entry_each_without_their_tables(built_sit
         (f"generated/gaps/{gap.id}/", gap.name, html.escape(gap.description[:40])),
         ("generated/papers/", "All papers", f"{N} papers"),
         ("generated/graph/", "Citation graph", f"{N} papers"),
+        ("generated/code/moe/", "reference_impls/moe.py", "def expert_capacity("),  # the source, not its HTML
     ]:
         [doc] = by_location[location]  # one entry: no section entries, no table rows
         assert doc["title"] == html.escape(title) and text in doc["text"], location
