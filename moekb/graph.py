@@ -1,4 +1,9 @@
-"""The citation graph of the knowledge base: a networkx DiGraph, its headline figures and exports.
+"""The citation graph of the knowledge base: its headline figures, its exports, the explorer's data.
+
+The graph is plain data (:class:`CitationGraph`): what the site and the exports need, on every
+build, without importing networkx, which alone takes a seventh of a second. :func:`to_networkx`
+gives it as a ``networkx.DiGraph`` for analysis, and the tests check every figure and export
+here against networkx's own.
 
 An edge ``a -> b`` means paper ``a`` cites paper ``b``; only citations between entries exist
 (validation rejects a ``cites`` id that is not an entry). Node attributes carry what the
@@ -14,13 +19,13 @@ on every build).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from xml.sax.saxutils import escape, quoteattr
-
-import networkx as nx
 
 from moekb.charts import perspective_colours
 from moekb.errors import Problem
@@ -34,10 +39,36 @@ NODE_SPACING = 30.0  # layout units: papers on a sunflower spiral sit about 1.8x
 CLUSTER_GAP = 50.0  # layout units between neighbouring discs and rows
 
 
-def citation_graph(kb: KnowledgeBase, *, ranked: bool = True) -> nx.DiGraph:
+@dataclass
+class CitationGraph:
+    """Papers (in id order, with their attributes) and the citations between them."""
+
+    nodes: dict[str, dict] = field(default_factory=dict)  # paper id -> attributes
+    edges: list[tuple[str, str]] = field(default_factory=list)  # (citing, cited), in the order entries list them
+
+    def neighbours(self, *, cited: bool) -> dict[str, list[str]]:
+        """``{paper: the papers it cites}``, or with ``cited=True`` the papers citing it."""
+        out: dict[str, list[str]] = {node: [] for node in self.nodes}
+        for source, target in self.edges:
+            out[target if cited else source].append(source if cited else target)
+        return out
+
+    @functools.cached_property
+    def cites(self) -> dict[str, list[str]]:
+        return self.neighbours(cited=False)
+
+    @functools.cached_property
+    def cited_by(self) -> dict[str, list[str]]:
+        return self.neighbours(cited=True)
+
+    def in_degree(self, node: str) -> int:
+        return len(self.cited_by[node])
+
+
+def citation_graph(kb: KnowledgeBase, *, ranked: bool = True) -> CitationGraph:
     """Every paper a node (inserted in id order, so exports diff cleanly), every citation an edge;
     ``ranked=False`` leaves out the in-KB citation counts and PageRank (enough to find cycles)."""
-    graph = nx.DiGraph()
+    graph = CitationGraph()
     for paper in kb.papers:
         attrs = {
             "title": paper.title,
@@ -52,31 +83,47 @@ def citation_graph(kb: KnowledgeBase, *, ranked: bool = True) -> nx.DiGraph:
             "doi": paper.doi,
             "path": paper.path,
         }
-        graph.add_node(paper.id, **{k: v for k, v in attrs.items() if v is not None})
+        graph.nodes[paper.id] = {k: v for k, v in attrs.items() if v is not None}
+    seen: set[tuple[str, str]] = set()
     for paper in kb.papers:
         for target in paper.cites:
-            if target in graph:
-                graph.add_edge(paper.id, target)
+            if target in graph.nodes and (paper.id, target) not in seen:  # a DiGraph holds an edge once
+                seen.add((paper.id, target))
+                graph.edges.append((paper.id, target))
     if not ranked:
         return graph
     ranks = pagerank(graph)
-    for node in graph.nodes:
-        graph.nodes[node]["in_kb_citations"] = graph.in_degree(node)
-        graph.nodes[node]["pagerank"] = round(ranks[node], PAGERANK_DIGITS)
+    for node, attrs in graph.nodes.items():
+        attrs["in_kb_citations"] = graph.in_degree(node)
+        attrs["pagerank"] = round(ranks[node], PAGERANK_DIGITS)
     return graph
 
 
-def pagerank(graph: nx.DiGraph, *, alpha: float = 0.85, max_iter: int = 100, tol: float = 1e-6) -> dict[str, float]:
+def to_networkx(graph: CitationGraph):
+    """The graph as a ``networkx.DiGraph``, nodes and edges in the same order, with the same attributes."""
+    import networkx as nx  # here, not at the top: the build itself never needs it
+
+    out = nx.DiGraph()
+    out.add_nodes_from((node, dict(attrs)) for node, attrs in graph.nodes.items())
+    out.add_edges_from(graph.edges)
+    return out
+
+
+class PageRankDidNotConverge(RuntimeError):
+    pass
+
+
+def pagerank(graph: CitationGraph, *, alpha: float = 0.85, max_iter: int = 100, tol: float = 1e-6) -> dict[str, float]:
     """PageRank by power iteration, as ``nx.pagerank`` defines it (same defaults, uniform
     teleport, a dangling paper's rank spread over all papers, stop when the L1 change is below
     ``n * tol``). networkx computes it through scipy, whose import alone takes longer than this
     loop over a few thousand citations; a test checks both agree."""
-    nodes = list(graph)
+    nodes = list(graph.nodes)
     n = len(nodes)
     if n == 0:
         return {}
     index = {node: i for i, node in enumerate(nodes)}
-    out_degree = [graph.out_degree(node) for node in nodes]
+    out_degree = [len(graph.cites[node]) for node in nodes]
     edges = [(index[s], index[t]) for s, t in graph.edges]
     dangling = [i for i, d in enumerate(out_degree) if d == 0]
     rank = [1.0 / n] * n
@@ -89,30 +136,106 @@ def pagerank(graph: nx.DiGraph, *, alpha: float = 0.85, max_iter: int = 100, tol
         rank = new
         if change < n * tol:
             return dict(zip(nodes, rank))
-    raise nx.PowerIterationFailedConvergence(max_iter)
+    raise PageRankDidNotConverge(f"PageRank did not converge in {max_iter} iterations")
 
 
-def citation_cycles(graph: nx.DiGraph) -> list[list[str]]:
-    """One cycle (as a closed path of ids) per group of papers that cite each other round in a loop.
+def strongly_connected_components(graph: CitationGraph) -> list[set[str]]:
+    """Tarjan's algorithm, without recursion (a citation chain can be thousands of papers long)."""
+    order: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[set[str]] = []
+    for root in graph.nodes:
+        if root in order:
+            continue
+        work = [(root, iter(graph.cites[root]))]
+        order[root] = low[root] = len(order)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, successors = work[-1]
+            for successor in successors:
+                if successor not in order:
+                    order[successor] = low[successor] = len(order)
+                    stack.append(successor)
+                    on_stack.add(successor)
+                    work.append((successor, iter(graph.cites[successor])))
+                    break
+                if successor in on_stack:
+                    low[node] = min(low[node], order[successor])
+            else:
+                work.pop()
+                if work:
+                    parent = work[-1][0]
+                    low[parent] = min(low[parent], low[node])
+                if low[node] == order[node]:
+                    component = set()
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        component.add(member)
+                        if member == node:
+                            break
+                    components.append(component)
+    return components
+
+
+def shortest_cycle_through(graph: CitationGraph, start: str, within: set[str]) -> list[str]:
+    """The shortest closed path ``start -> ... -> start`` inside ``within`` (breadth first,
+    successors in citation order, so the same cycle on every build)."""
+    parent: dict[str, str] = {}
+    queue = deque([start])
+    while queue:
+        node = queue.popleft()
+        for successor in graph.cites[node]:
+            if successor == start:
+                path = [node]
+                while path[-1] != start:
+                    path.append(parent[path[-1]])
+                return [*reversed(path), start]
+            if successor in within and successor not in parent:
+                parent[successor] = node
+                queue.append(successor)
+    raise ValueError(f"no cycle through {start}")
+
+
+def citation_cycles(graph: CitationGraph) -> list[list[str]]:
+    """One cycle (as a closed path of ids) per group of papers that cite each other round in a loop:
+    the shortest through the group's first id.
 
     A strongly connected component with more than one paper holds at least one cycle; reporting one
     per component stays linear, where listing every simple cycle can grow exponentially.
     """
-    cycles = []
-    for component in nx.strongly_connected_components(graph):
-        if len(component) > 1:
-            edges = nx.find_cycle(graph.subgraph(component), source=min(component))
-            path = [source for source, _ in edges]
-            cycles.append([*path, path[0]])
-    return sorted(cycles)
+    return sorted(shortest_cycle_through(graph, min(component), component)
+                  for component in strongly_connected_components(graph) if len(component) > 1)
 
 
-def cycle_warnings(graph: nx.DiGraph) -> list[Problem]:
+def cycle_warnings(graph: CitationGraph) -> list[Problem]:
     """The cycles as file-located warnings, for the command line and the build log."""
     return [Problem(graph.nodes[cycle[0]].get("path", cycle[0]), 0,
                     "warning: citation cycle " + " -> ".join(cycle) +
                     " (papers citing each other in a loop; check that each 'cites' is right)")
             for cycle in citation_cycles(graph)]
+
+
+def weakly_connected_components(graph: CitationGraph) -> list[set[str]]:
+    """Papers joined by citations in either direction."""
+    seen: set[str] = set()
+    components = []
+    for root in graph.nodes:
+        if root in seen:
+            continue
+        component, queue = {root}, [root]
+        while queue:
+            node = queue.pop()
+            for neighbour in (*graph.cites[node], *graph.cited_by[node]):
+                if neighbour not in component:
+                    component.add(neighbour)
+                    queue.append(neighbour)
+        seen |= component
+        components.append(component)
+    return components
 
 
 @dataclass(frozen=True)
@@ -126,15 +249,15 @@ class GraphSummary:
     most_cited: list[tuple[str, int, float]]  # (id, in-KB citations, PageRank), most cited first
 
 
-def summarise(graph: nx.DiGraph, top: int = 10) -> GraphSummary:
-    components = list(nx.weakly_connected_components(graph))
+def summarise(graph: CitationGraph, top: int = 10) -> GraphSummary:
+    components = weakly_connected_components(graph)
     ranked = sorted(graph.nodes, key=lambda n: (-graph.in_degree(n), -graph.nodes[n]["pagerank"], n))
     return GraphSummary(
-        nodes=graph.number_of_nodes(),
-        edges=graph.number_of_edges(),
+        nodes=len(graph.nodes),
+        edges=len(graph.edges),
         components=len(components),
         largest_component=max((len(c) for c in components), default=0),
-        isolated=sum(1 for n in graph.nodes if graph.degree(n) == 0),
+        isolated=sum(1 for n in graph.nodes if not graph.cites[n] and not graph.cited_by[n]),
         cycles=citation_cycles(graph),
         most_cited=[(n, graph.in_degree(n), graph.nodes[n]["pagerank"]) for n in ranked[:top]
                     if graph.in_degree(n) > 0],
@@ -144,24 +267,21 @@ def summarise(graph: nx.DiGraph, top: int = 10) -> GraphSummary:
 PRIVATE_ATTRIBUTES = {"path"}  # build details, not properties of the paper
 
 
-def export_attributes(graph: nx.DiGraph) -> nx.DiGraph:
+def export_attributes(graph: CitationGraph) -> CitationGraph:
     """The graph as published: the source path is a build detail, not a property of the paper."""
-    public = graph.copy()
-    for _, attrs in public.nodes(data=True):
-        for key in PRIVATE_ATTRIBUTES:
-            attrs.pop(key, None)
-    return public
+    return CitationGraph({node: {k: v for k, v in attrs.items() if k not in PRIVATE_ATTRIBUTES}
+                          for node, attrs in graph.nodes.items()}, list(graph.edges))
 
 
-def graph_json(graph: nx.DiGraph) -> str:
+def graph_json(graph: CitationGraph) -> str:
     """node-link JSON; read it back with ``nx.node_link_graph(data, edges="edges")``.
 
-    The data ``nx.node_link_data(export_attributes(graph), edges="edges")`` gives (a test checks
-    that), built without copying the graph first."""
-    data = {"directed": True, "multigraph": False, "graph": dict(graph.graph),
+    The data ``nx.node_link_data(to_networkx(export_attributes(graph)), edges="edges")`` gives (a
+    test checks that), built without copying the graph first."""
+    data = {"directed": True, "multigraph": False, "graph": {},
             "nodes": [{**{k: v for k, v in attrs.items() if k not in PRIVATE_ATTRIBUTES}, "id": node}
-                      for node, attrs in graph.nodes(data=True)],
-            EDGES_KEY: [{**attrs, "source": s, "target": t} for s, t, attrs in graph.edges(data=True)]}
+                      for node, attrs in graph.nodes.items()],
+            EDGES_KEY: [{"source": s, "target": t} for s, t in graph.edges]}
     return json.dumps(data, ensure_ascii=False, sort_keys=True) + "\n"  # one line: it is megabytes at scale
 
 
@@ -169,7 +289,7 @@ GRAPHML_TYPES = {bool: "boolean", int: "long", float: "double", str: "string"}  
 NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")  # characters XML 1.0 cannot hold
 
 
-def graph_graphml(graph: nx.DiGraph) -> str:
+def graph_graphml(graph: CitationGraph) -> str:
     """GraphML, with list attributes (authors, modalities, gaps) joined by ``LIST_SEPARATOR``.
 
     Written directly: ``nx.generate_graphml`` builds an ElementTree of the whole graph first,
@@ -177,7 +297,7 @@ def graph_graphml(graph: nx.DiGraph) -> str:
     attributes, networkx's type names), and a test reads both back and compares them."""
     nodes: list[tuple[str, dict]] = []  # the published attributes, lists joined, without copying the graph
     keys: dict[str, str] = {}
-    for node, attrs in graph.nodes(data=True):
+    for node, attrs in graph.nodes.items():
         flat = {k: LIST_SEPARATOR.join(v) if isinstance(v, list) else v
                 for k, v in attrs.items() if k not in PRIVATE_ATTRIBUTES}
         for key, value in flat.items():
@@ -203,7 +323,7 @@ def graph_graphml(graph: nx.DiGraph) -> str:
     return "\n".join(out) + "\n"
 
 
-def explorer_layout(kb: KnowledgeBase, graph: nx.DiGraph) -> dict[str, tuple[float, float]]:
+def explorer_layout(kb: KnowledgeBase, graph: CitationGraph) -> dict[str, tuple[float, float]]:
     """Positions for the explorer: one row per perspective, one disc per sub-category along it."""
     rows = []
     for perspective in kb.taxonomy.perspectives:
@@ -229,7 +349,7 @@ def explorer_layout(kb: KnowledgeBase, graph: nx.DiGraph) -> dict[str, tuple[flo
     return positions
 
 
-def explorer_data(kb: KnowledgeBase, graph: nx.DiGraph) -> dict:
+def explorer_data(kb: KnowledgeBase, graph: CitationGraph) -> dict:
     """What the explorer page inlines: nodes with position and size, edges, and the filter choices.
 
     Plain data only; the page writer serialises it with ``markup.json_for_script`` and the script
@@ -241,7 +361,7 @@ def explorer_data(kb: KnowledgeBase, graph: nx.DiGraph) -> dict:
               "subcategory": a["subcategory"], "modalities": a["modalities"], "gaps": a["gaps"],
               "authors": a["authors"], "cited_by": a["in_kb_citations"],
               "x": positions[n][0], "y": positions[n][1]}
-             for n, a in graph.nodes(data=True)]
+             for n, a in graph.nodes.items()]
     colours = perspective_colours(tax)
     used_modalities = {m for p in kb.papers for m in p.modalities}
     index = {n: i for i, n in enumerate(graph.nodes)}

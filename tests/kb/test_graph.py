@@ -13,8 +13,9 @@ import pytest
 
 from moekb import charts
 from moekb.cli import main
-from moekb.graph import (EDGES_KEY, LIST_SEPARATOR, citation_cycles, citation_graph, cycle_warnings, explorer_data,
-                         explorer_layout, export_attributes, graph_graphml, graph_json, pagerank, summarise)
+from moekb.graph import (EDGES_KEY, LIST_SEPARATOR, CitationGraph, citation_cycles, citation_graph, cycle_warnings,
+                         explorer_data, explorer_layout, export_attributes, graph_graphml, graph_json, pagerank,
+                         strongly_connected_components, summarise, to_networkx, weakly_connected_components)
 from moekb.load import load_knowledge_base, load_taxonomy
 from moekb.markup import json_for_script
 from moekb.model import KnowledgeBase, Paper
@@ -50,7 +51,7 @@ def small_kb(taxonomy) -> KnowledgeBase:
 
 
 def test_graph_numbers_on_a_small_corpus(small_kb):
-    graph = citation_graph(small_kb)
+    graph = to_networkx(citation_graph(small_kb))
     assert graph.number_of_nodes() == 5 and graph.number_of_edges() == 4
     assert set(graph.edges) == {("a2024x", "b2023x"), ("b2023x", "c2022x"), ("c2022x", "a2024x"), ("e2025x", "b2023x")}
     assert {n: graph.nodes[n]["in_kb_citations"] for n in graph} == {"a2024x": 1, "b2023x": 2, "c2022x": 1, "d2021x": 0, "e2025x": 0}
@@ -58,7 +59,7 @@ def test_graph_numbers_on_a_small_corpus(small_kb):
     assert sum(ranks.values()) == pytest.approx(1.0, abs=1e-5)
     assert max(ranks, key=ranks.get) == "b2023x"  # cited twice
     assert ranks["d2021x"] == ranks["e2025x"]  # neither is cited: both get only the teleport share
-    summary = summarise(graph)
+    summary = summarise(citation_graph(small_kb))
     assert (summary.nodes, summary.edges, summary.components, summary.largest_component, summary.isolated) == (5, 4, 2, 4, 1)
     assert summary.most_cited[0][:2] == ("b2023x", 2)
     # a and c are cited once each; c is cited by b, which ranks higher, so c comes first. Uncited papers are not listed.
@@ -111,24 +112,24 @@ def test_our_pagerank_equals_networkx(tmp_path):
     synthetic = write_synthetic_corpus(tmp_path / "papers", 400, seed=3, root=ROOT)
     for kb in (load_knowledge_base(ROOT), load_knowledge_base(ROOT, synthetic)):
         graph = citation_graph(kb)
-        theirs = nx.pagerank(graph)
+        theirs = nx.pagerank(to_networkx(graph))
         ours = pagerank(graph)
         assert ours.keys() == theirs.keys()
         assert max(abs(ours[n] - theirs[n]) for n in ours) < 1e-9
-    assert pagerank(nx.DiGraph()) == {}
+    assert pagerank(CitationGraph()) == {}
 
 
 def test_our_json_is_networkx_node_link_data(small_kb):
     for kb in (small_kb, load_knowledge_base(ROOT)):
         graph = citation_graph(kb)
         assert json.loads(graph_json(graph)) == json.loads(json.dumps(
-            nx.node_link_data(export_attributes(graph), edges=EDGES_KEY), ensure_ascii=False))
+            nx.node_link_data(to_networkx(export_attributes(graph)), edges=EDGES_KEY), ensure_ascii=False))
 
 
 def test_our_graphml_reads_back_as_networkx_own_does(small_kb):
     for kb in (small_kb, load_knowledge_base(ROOT)):
         graph = citation_graph(kb)
-        flat = export_attributes(graph)
+        flat = to_networkx(export_attributes(graph))
         for _, attrs in flat.nodes(data=True):
             attrs.update({k: LIST_SEPARATOR.join(v) for k, v in attrs.items() if isinstance(v, list)})
         theirs = nx.parse_graphml("\n".join(nx.generate_graphml(flat, named_key_ids=True)))
@@ -221,8 +222,9 @@ def test_chart_shapes_are_the_counts():
 def test_real_corpus_graph_has_one_node_per_paper_and_one_edge_per_citation():
     kb = load_knowledge_base(ROOT)
     graph = citation_graph(kb)
-    assert graph.number_of_nodes() == len(kb.papers)
-    assert graph.number_of_edges() == sum(len(p.cites) for p in kb.papers)
+    assert list(graph.nodes) == [p.id for p in kb.papers]
+    assert len(graph.edges) == sum(len(p.cites) for p in kb.papers)
+    assert list(to_networkx(graph).edges) == graph.edges  # the same order: exports diff cleanly
 
 
 def test_graph_command_prints_headline_figures(make_project, capsys):
@@ -236,3 +238,59 @@ def test_graph_command_prints_headline_figures(make_project, capsys):
     assert "2 nodes (papers), 1 edges" in out
     assert "1 connected components" in out and "0 papers neither cite nor are cited" in out
     assert re.search(r"^\s+1\s+pagerank 0\.\d+\s+turing2024other\s", out, re.M)
+
+
+def random_graph(seed: int, n: int, edges: int) -> CitationGraph:
+    import random
+
+    rng = random.Random(seed)
+    nodes = [f"p{i:03d}" for i in range(n)]
+    pairs = {(rng.choice(nodes), rng.choice(nodes)) for _ in range(edges)}
+    return CitationGraph({node: {} for node in nodes}, sorted(pairs))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_components_and_cycles_agree_with_networkx(seed):
+    """Random graphs from sparse to dense, self-citations included: the same strongly and weakly
+    connected components as networkx, and one real cycle per group of papers citing round in a loop."""
+    graph = random_graph(seed, n=60, edges=[20, 60, 120, 400][seed % 4])
+    theirs = to_networkx(graph)
+    assert sorted(map(sorted, strongly_connected_components(graph))) == sorted(map(sorted, nx.strongly_connected_components(theirs)))
+    assert sorted(map(sorted, weakly_connected_components(graph))) == sorted(map(sorted, nx.weakly_connected_components(theirs)))
+    cycles = citation_cycles(graph)
+    loops = [c for c in nx.strongly_connected_components(theirs) if len(c) > 1]
+    assert len(cycles) == len(loops)
+    for cycle in cycles:
+        assert cycle[0] == cycle[-1] and len(set(cycle[:-1])) == len(cycle) - 1  # closed, no paper twice
+        assert all(theirs.has_edge(a, b) for a, b in zip(cycle, cycle[1:]))
+        # the shortest through its first paper, which is the group's smallest id
+        component = next(c for c in loops if cycle[0] in c)
+        assert cycle[0] == min(component)
+        assert len(cycle) - 1 == min(len(nx.shortest_path(theirs.subgraph(component), cycle[0], p)) for p in theirs.predecessors(cycle[0]) if p in component)
+    summary = summarise(citation_graph_like(graph))
+    assert summary.components == nx.number_weakly_connected_components(theirs)
+    assert summary.isolated == sum(1 for n in theirs if theirs.degree(n) == 0)
+
+
+def citation_graph_like(graph: CitationGraph) -> CitationGraph:
+    """The graph with the attributes summarise reads (PageRank), as citation_graph gives them."""
+    ranks = pagerank(graph)
+    return CitationGraph({n: {"pagerank": ranks[n]} for n in graph.nodes}, graph.edges)
+
+
+def test_a_long_citation_chain_needs_no_recursion():
+    nodes = [f"p{i:05d}" for i in range(20000)]
+    graph = CitationGraph({n: {} for n in nodes}, [(a, b) for a, b in zip(nodes, nodes[1:])] + [(nodes[-1], nodes[0])])
+    [cycle] = citation_cycles(graph)
+    assert len(cycle) == 20001 and cycle[0] == cycle[-1] == "p00000"
+
+
+def test_building_the_site_does_not_import_networkx():
+    """networkx takes a seventh of a second to import, on every build: the site is made without it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from moekb.build import generate; import moekb.mkdocs_hook; generate(); "
+            "assert 'networkx' not in sys.modules, 'networkx imported'")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
