@@ -65,11 +65,15 @@ class CitationGraph:
         return len(self.cited_by[node])
 
 
-def citation_graph(kb: KnowledgeBase, *, ranked: bool = True) -> CitationGraph:
+def citation_graph(kb: KnowledgeBase, *, bare: bool = False) -> CitationGraph:
     """Every paper a node (inserted in id order, so exports diff cleanly), every citation an edge;
-    ``ranked=False`` leaves out the in-KB citation counts and PageRank (enough to find cycles)."""
+    with ``bare=True`` a node holds only its file's path, without the paper's attributes, in-KB
+    citation counts and PageRank (enough to find and report cycles)."""
     graph = CitationGraph()
     for paper in kb.papers:
+        if bare:
+            graph.nodes[paper.id] = {"path": paper.path} if paper.path else {}
+            continue
         attrs = {
             "title": paper.title,
             "authors": list(paper.authors),
@@ -90,7 +94,7 @@ def citation_graph(kb: KnowledgeBase, *, ranked: bool = True) -> CitationGraph:
             if target in graph.nodes and (paper.id, target) not in seen:  # a DiGraph holds an edge once
                 seen.add((paper.id, target))
                 graph.edges.append((paper.id, target))
-    if not ranked:
+    if bare:
         return graph
     ranks = pagerank(graph)
     for node, attrs in graph.nodes.items():

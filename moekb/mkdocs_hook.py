@@ -36,7 +36,7 @@ def on_pre_build(config, **kwargs) -> None:
     built["kb"] = kb
     # Citation cycles can be legitimate (mutual preprint citations): shown, but at INFO, because
     # a WARNING would fail `mkdocs build --strict`.
-    for warning in cycle_warnings(citation_graph(kb, ranked=False)):
+    for warning in cycle_warnings(citation_graph(kb, bare=True)):
         log.info("moekb: warning: %s", warning)
 
 

@@ -130,6 +130,7 @@ class SiteRenderer:
         self.guides = guides
         # written once for all papers: the paper pages and papers.bib show the same entries
         self.bibtex = bibtex_entries(kb.papers, kb.taxonomy)
+        self._sibling_items: dict[str, str] = {}
 
     # -- small pieces ---------------------------------------------------------------------
     def papers_table(self, source: str, papers: list[Paper], *, columns=("year", "venue", "modalities")) -> str:
@@ -320,7 +321,7 @@ class SiteRenderer:
         def listing(papers: list[Paper], empty: str) -> str:
             if not papers:
                 return f"<p><em>{empty}</em></p>"
-            return markup.html_list([f"{link(text(p.title), rel(source, paper_path(p.id)))} ({p.year})" for p in papers])
+            return markup.html_list([self.sibling_item(p) for p in papers])
 
         out += [section(2, "Citations within the knowledge base"),
                 section(3, f"Cites ({len(cites)})"), listing(cites, "None recorded."),
@@ -336,6 +337,16 @@ class SiteRenderer:
         if paper.added:
             out.append(f"<p><small>Added {paper.added.isoformat()}.</small></p>")
         return "\n".join(out) + "\n"
+
+    def sibling_item(self, paper: Paper) -> str:
+        """A paper as listed on another paper's page (a paper is listed on the page of every paper
+        that cites it or that it cites: made once)."""
+        item = self._sibling_items.get(paper.id)
+        if item is None:
+            # from any page in papers/, all papers' folder
+            link = markup.html_link(markup.html_text(paper.title), rel(ALL_PAPERS_PAGE, paper_path(paper.id)))
+            item = self._sibling_items[paper.id] = f"{link} ({paper.year})"
+        return item
 
     def neighbourhood_diagram(self, paper: Paper, cites: list[Paper], cited_by: list[Paper]) -> str:
         """Papers citing this one on the left, papers it cites on the right (arrows point to the cited)."""

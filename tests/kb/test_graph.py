@@ -77,7 +77,7 @@ def test_a_citation_cycle_is_a_warning_naming_the_file(small_kb):
     assert citation_cycles(graph) == [["a2024x", "b2023x", "c2022x", "a2024x"]]
     [warning] = cycle_warnings(graph)
     assert "citation cycle a2024x -> b2023x -> c2022x -> a2024x" in str(warning) and "warning" in str(warning)
-    assert cycle_warnings(citation_graph(small_kb, ranked=False)) == [warning]  # what the mkdocs hook reports
+    assert cycle_warnings(citation_graph(small_kb, bare=True)) == [warning]  # what the mkdocs hook reports
     acyclic = KnowledgeBase(taxonomy=small_kb.taxonomy, papers=[p for p in small_kb.papers if p.id != "c2022x"])
     assert citation_cycles(citation_graph(acyclic)) == []
 
