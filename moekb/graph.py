@@ -72,7 +72,7 @@ def citation_graph(kb: KnowledgeBase, *, bare: bool = False) -> CitationGraph:
     graph = CitationGraph()
     for paper in kb.papers:
         if bare:
-            graph.nodes[paper.id] = {"path": paper.path} if paper.path else {}
+            graph.nodes[paper.id] = {} if paper.path is None else {"path": paper.path}
             continue
         attrs = {
             "title": paper.title,
