@@ -285,12 +285,14 @@ def test_a_long_citation_chain_needs_no_recursion():
     assert len(cycle) == 20001 and cycle[0] == cycle[-1] == "p00000"
 
 
-def test_building_the_site_does_not_import_networkx():
-    """networkx takes a seventh of a second to import, on every build: the site is made without it."""
+def test_building_the_site_does_not_import_networkx_scipy_or_matplotlib():
+    """networkx takes a seventh of a second to import, scipy and matplotlib longer, on every
+    build: the site is made without them."""
     import subprocess
     import sys
 
     code = ("import sys; from moekb.build import generate; import moekb.mkdocs_hook; generate(); "
-            "assert 'networkx' not in sys.modules, 'networkx imported'")
+            "imported = [m for m in ('networkx', 'scipy', 'matplotlib') if m in sys.modules]; "
+            "assert not imported, imported")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
