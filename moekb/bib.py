@@ -84,9 +84,15 @@ class PlainTextShortcutEncoder(UnicodeToLatexEncoder):
         printable = map(chr, range(32, 127))  # control characters take the full path (and its warning)
         plain = "".join(ch for ch in printable if UnicodeToLatexEncoder.unicode_to_latex(self, ch) == ch)
         self.needs_encoding = re.compile(f"[^{re.escape(plain)}]")
+        self.encoded: dict[str, str] = {}
 
     def unicode_to_latex(self, s: str) -> str:
-        return super().unicode_to_latex(s) if self.needs_encoding.search(s) else s
+        if not self.needs_encoding.search(s):
+            return s
+        encoded = self.encoded.get(s)  # an author's name is encoded once, not once per paper
+        if encoded is None:
+            encoded = self.encoded[s] = super().unicode_to_latex(s)
+        return encoded
 
 
 def bibtex_format() -> bibtexparser.BibtexFormat:

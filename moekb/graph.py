@@ -319,10 +319,11 @@ def graph_graphml(graph: CitationGraph) -> str:
             for key, kind in keys.items()]
     out.append('<graph edgedefault="directed">')
     opening = {key: f"<data key={quoteattr(key)}>" for key in keys}
+    quoted = {node: quoteattr(text(node)) for node in graph.nodes}  # each id is written once per edge
     for node, attrs in nodes:
         data = "".join(f"{opening[k]}{text(v)}</data>" for k, v in attrs.items())
-        out.append(f"<node id={quoteattr(text(node))}>{data}</node>")
-    out += [f"<edge source={quoteattr(text(s))} target={quoteattr(text(t))} />" for s, t in graph.edges]
+        out.append(f"<node id={quoted[node]}>{data}</node>")
+    out += [f"<edge source={quoted[s]} target={quoted[t]} />" for s, t in graph.edges]
     out.append("</graph></graphml>")
     return "\n".join(out) + "\n"
 

@@ -77,9 +77,10 @@ class PrerenderedPage(Page):
         # mkdocs records links to anchors only above DEBUG (anchor checks are skipped at -v): the same here
         self.links_to_anchors = {} if log.getEffectiveLevel() > logging.DEBUG else None
         self.content = self.links.resolve(self.markdown, self, config)
-        self.toc = get_toc(toc_tokens(self.content))
+        headings = HEADING.findall(self.content)
+        self.toc = get_toc(toc_tokens(headings))
         self._title_from_render = None
-        self.present_anchor_ids = {anchor for _, anchor, _ in HEADING.findall(self.content)}
+        self.present_anchor_ids = {anchor for _, anchor, _ in headings}
 
 
 def read_front_matter(text: str) -> dict:
@@ -184,11 +185,12 @@ def page_folder(page_url: str) -> str:
     return posixpath.normpath(page_url if page_url.endswith("/") else page_url.rpartition("/")[0] or ".")
 
 
-def toc_tokens(content: str) -> list[dict]:
-    """The ``toc`` extension's token tree (``level``, ``id``, ``name``, ``children``) of the headings."""
+def toc_tokens(headings: list[tuple[str, str, str]]) -> list[dict]:
+    """The ``toc`` extension's token tree (``level``, ``id``, ``name``, ``children``) of the
+    headings, as ``HEADING.findall`` gives them."""
     root: list[dict] = []
     stack: list[dict] = []
-    for level, anchor, name in HEADING.findall(content):
+    for level, anchor, name in headings:
         token = {"level": int(level), "id": anchor, "name": name, "children": []}
         while stack and stack[-1]["level"] >= token["level"]:
             stack.pop()
