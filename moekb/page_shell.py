@@ -107,10 +107,11 @@ class PageShells:
     env: jinja2.Environment
     chrome: SharedChrome
     shells: dict[tuple, Shell | None] = field(default_factory=dict)
-    # how often pages were poured into a trusted shell, and how many shapes were ruled out: for the log and tests
-    poured: int = 0
+    poured: int = 0  # pages filled from a trusted shell (for the build log and the tests)
 
     def shape(self, page) -> tuple | None:
+        """What the template may branch on (see the module's docstring), or None for a page the
+        shells leave to the template: one in the navigation, or with an edit link."""
         folder = self.chrome.key(page, "page shell")
         if folder is None or page.edit_url or page.previous_page or page.next_page:
             return None
