@@ -31,7 +31,7 @@ def cmd_validate(args) -> int:
 
 def cmd_build(args) -> int:
     kb, written, removed = build(args.root, args.papers)
-    for warning in cycle_warnings(citation_graph(kb)):
+    for warning in cycle_warnings(citation_graph(kb, bare=True)):
         print(f"warning: {warning}", file=sys.stderr)
     print(f"built docs/generated/ from {len(kb.papers)} papers: {written} files written, {removed} removed")
     return 0

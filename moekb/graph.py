@@ -271,10 +271,14 @@ def summarise(graph: CitationGraph, top: int = 10) -> GraphSummary:
 PRIVATE_ATTRIBUTES = {"path"}  # build details, not properties of the paper
 
 
+def published(attrs: dict) -> dict:
+    """A node's attributes as exported: the source path is a build detail, not a property of the paper."""
+    return {k: v for k, v in attrs.items() if k not in PRIVATE_ATTRIBUTES}
+
+
 def export_attributes(graph: CitationGraph) -> CitationGraph:
-    """The graph as published: the source path is a build detail, not a property of the paper."""
-    return CitationGraph({node: {k: v for k, v in attrs.items() if k not in PRIVATE_ATTRIBUTES}
-                          for node, attrs in graph.nodes.items()}, list(graph.edges))
+    """The graph as published (:func:`published`), for comparing the exports with networkx's own."""
+    return CitationGraph({node: published(attrs) for node, attrs in graph.nodes.items()}, list(graph.edges))
 
 
 def graph_json(graph: CitationGraph) -> str:
@@ -283,8 +287,7 @@ def graph_json(graph: CitationGraph) -> str:
     The data ``nx.node_link_data(to_networkx(export_attributes(graph)), edges="edges")`` gives (a
     test checks that), built without copying the graph first."""
     data = {"directed": True, "multigraph": False, "graph": {},
-            "nodes": [{**{k: v for k, v in attrs.items() if k not in PRIVATE_ATTRIBUTES}, "id": node}
-                      for node, attrs in graph.nodes.items()],
+            "nodes": [{**published(attrs), "id": node} for node, attrs in graph.nodes.items()],
             EDGES_KEY: [{"source": s, "target": t} for s, t in graph.edges]}
     return json.dumps(data, ensure_ascii=False, sort_keys=True) + "\n"  # one line: it is megabytes at scale
 
@@ -302,8 +305,7 @@ def graph_graphml(graph: CitationGraph) -> str:
     nodes: list[tuple[str, dict]] = []  # the published attributes, lists joined, without copying the graph
     keys: dict[str, str] = {}
     for node, attrs in graph.nodes.items():
-        flat = {k: LIST_SEPARATOR.join(v) if isinstance(v, list) else v
-                for k, v in attrs.items() if k not in PRIVATE_ATTRIBUTES}
+        flat = {k: LIST_SEPARATOR.join(v) if isinstance(v, list) else v for k, v in published(attrs).items()}
         for key, value in flat.items():
             keys.setdefault(key, GRAPHML_TYPES[type(value)])
         nodes.append((node, flat))

@@ -132,7 +132,7 @@ def html_link(label_html: str, target: str) -> str:
 
 
 def external_html_link(label: str, url: str | None) -> str:
-    """Like :func:`link`, as HTML: a link only for a plain http(s) URL, else the escaped label."""
+    """A link only for a plain http(s) URL (:func:`safe_url`), else the escaped label."""
     target = safe_url(url)
     return html_link(html_text(label), target) if target else html_text(label)
 

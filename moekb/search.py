@@ -4,7 +4,7 @@ Material's search plugin indexes a page by parsing its rendered HTML section by 
 thousands of paper pages that was a fifth of the whole ``mkdocs build``, and it gave the browser an
 index of 11 MB for 2000 papers, most of it BibTeX, Mermaid source, citation lists and source URLs.
 Paper pages are therefore left out of the plugin (``search: exclude`` in their front matter, see
-:func:`moekb.markup.title_heading`) and the mkdocs hook appends one entry per paper to the index the
+:func:`moekb.markup.front_matter`) and the mkdocs hook appends one entry per paper to the index the
 plugin wrote: the title, and as text the authors, year, venue, identifiers, sub-category,
 modalities and summary, all escaped here because the theme shows an entry's text as HTML.
 
@@ -23,7 +23,7 @@ from typing import Callable
 
 from moekb.markup import html_text
 from moekb.model import KnowledgeBase
-from moekb.site import (ALL_PAPERS_PAGE, GRAPH_PAGE, code_path, gap_path, paper_path, perspective_path,
+from moekb.site import (ALL_PAPERS_PAGE, CODE_PAGE_INTRO, GRAPH_PAGE, code_path, gap_path, paper_path, perspective_path,
                         subcategory_path)
 
 INDEX_PATH = Path("search") / "search_index.json"  # where the theme's search plugin writes its index
@@ -62,7 +62,7 @@ def search_entries(kb: KnowledgeBase, implementations: dict[str, str] | None = N
         ]
         entries[paper_path(paper.id)] = entry(paper.title, paragraphs)
     for module, source in (implementations or {}).items():
-        entries[code_path(module)] = entry(module, ["The reference implementation's source.", source])
+        entries[code_path(module)] = entry(module, [CODE_PAGE_INTRO, source])
     return entries
 
 

@@ -37,6 +37,7 @@ FILTER_BOX = ('<input type="search" class="moekb-filter md-input" placeholder="F
 NEIGHBOURS_IN_DIAGRAM = 10  # per side of a paper's citation neighbourhood diagram
 GRAPH_PAGE = "graph/index.md"
 ALL_PAPERS_PAGE = "papers/index.md"
+CODE_PAGE_INTRO = "The reference implementation's source, as in the repository."  # also its search entry
 CHARTS_PAGE = "charts/index.md"
 
 
@@ -103,6 +104,11 @@ class Anchors:
         return unique(heading_slug(heading), self.used, separator="_", first=1)
 
 
+def paper_link(source: str, paper: Paper) -> str:
+    """An HTML link from generated page ``source`` to a paper's page, its title as the label."""
+    return markup.html_link(markup.html_text(paper.title), rel(source, paper_path(paper.id)))
+
+
 def html_page_start(title: str, anchors: Anchors) -> list[str]:
     """Front matter and H1 of a page written as HTML (moekb.prerendered). Such pages list papers or
     are one, so the theme's search plugin skips them and moekb.search writes their entries."""
@@ -120,7 +126,7 @@ def is_html_page(path: str) -> bool:
 
 class SiteRenderer:
     """Renders one knowledge base; methods return the text of one page each: Markdown, except the
-    paper pages and the table of all papers, which are HTML under front matter (moekb.prerendered)."""
+    pages :func:`is_html_page` names, which are HTML under front matter (moekb.prerendered)."""
 
     def __init__(self, kb: KnowledgeBase, implementations: dict[str, str] | None = None,
                  guides: set[str] | frozenset = frozenset()):
@@ -151,7 +157,7 @@ class SiteRenderer:
                 "perspective": text(perspective.id),
                 "sub-category": link(text(sub.name), rel(source, subcategory_path(perspective.id, sub.id))),
             }
-            rows.append([link(text(paper.title), rel(source, paper_path(paper.id))), *[cells[c] for c in columns]])
+            rows.append([paper_link(source, paper), *[cells[c] for c in columns]])
         return markup.html_table(header, rows, attrs='class="moekb-table"')
 
     def implementation_links(self, source: str, owner: Perspective | Subcategory) -> list[str]:
@@ -343,9 +349,8 @@ class SiteRenderer:
         that cites it or that it cites: made once)."""
         item = self._sibling_items.get(paper.id)
         if item is None:
-            # from any page in papers/, all papers' folder
-            link = markup.html_link(markup.html_text(paper.title), rel(ALL_PAPERS_PAGE, paper_path(paper.id)))
-            item = self._sibling_items[paper.id] = f"{link} ({paper.year})"
+            # the same from any page in papers/, the folder of the page listing all papers
+            item = self._sibling_items[paper.id] = f"{paper_link(ALL_PAPERS_PAGE, paper)} ({paper.year})"
         return item
 
     def neighbourhood_diagram(self, paper: Paper, cites: list[Paper], cited_by: list[Paper]) -> str:
@@ -448,8 +453,8 @@ class SiteRenderer:
                        f"{markup.html_list(cycles)}\n</div>")
         title = "Most cited within the knowledge base"
         out.append(markup.html_heading(2, text(title), anchors.new(title)))
-        rows = [[link(text(self.kb.paper[i].title), rel(source, paper_path(i))), str(self.kb.paper[i].year), str(n),
-                 f"{rank:.4f}"] for i, n, rank in summary.most_cited]
+        rows = [[paper_link(source, self.kb.paper[i]), str(self.kb.paper[i].year), str(n), f"{rank:.4f}"]
+                for i, n, rank in summary.most_cited]
         out.append(markup.html_table(["Paper", "Year", "Cited by", "PageRank"], rows, attrs='class="moekb-table"')
                    if rows else "<p><em>No citations recorded yet.</em></p>")
         # The explorer opens a paper through these links, so mkdocs, not the script, decides the URLs.
@@ -480,7 +485,7 @@ class SiteRenderer:
 
     def code_page(self, module: str, text: str) -> str:
         guide = guide_path(module)
-        intro = "The reference implementation's source, as in the repository."
+        intro = CODE_PAGE_INTRO
         if posixpath.basename(guide) in self.guides:
             intro += f" The [guide]({rel(code_path(module), guide)}) explains it next to the paper."
         # Out of the theme's search plugin, which would parse every highlighted token of the
