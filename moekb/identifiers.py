@@ -72,6 +72,67 @@ def url_problem(field: str, value: str) -> str | None:
     return None
 
 
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def weights_problem(value: str) -> str | None:
+    if URL.match(value) or HUB_ID.match(value):
+        return None
+    return f"method.weights: {value!r} is neither a model-hub id (org/name) nor an http(s) URL"
+
+
+# Where a fact can be read first-hand: the paper's own pages, its venue's, its official code or model card.
+PRIMARY_HOSTS = (
+    "arxiv.org", "export.arxiv.org", "ar5iv.labs.arxiv.org", "ar5iv.org", "openreview.net", "aclanthology.org",
+    "openaccess.thecvf.com", "proceedings.mlr.press", "proceedings.neurips.cc", "papers.nips.cc", "neurips.cc",
+    "iclr.cc", "icml.cc", "ojs.aaai.org", "ijcai.org", "www.ijcai.org", "doi.org", "ieeexplore.ieee.org",
+    "dl.acm.org", "link.springer.com", "www.sciencedirect.com", "www.nature.com", "jmlr.org", "www.jmlr.org",
+    "isca-archive.org", "www.isca-archive.org", "www.ecva.net", "ecva.net", "www.mdpi.com", "direct.mit.edu",
+    "github.com", "huggingface.co", "www.computer.org", "papers.miccai.org", "conferences.miccai.org",
+)
+# Pages that summarise a paper without being its source.
+AGGREGATOR_PATHS = ("huggingface.co/papers",)
+RETIRED_HOSTS = ("paperswithcode.com", "www.paperswithcode.com")
+
+
+def host_of(url: str) -> str:
+    match = re.match(r"^https?://([^/?#:]+)", url, re.IGNORECASE)
+    return match[1].lower() if match else ""
+
+
+def source_kind(url: str) -> str:
+    """``primary``, ``other``, ``retired``, or ``look-alike of <host>`` for a verified_from URL.
+
+    A look-alike is a host one or two edits away from a primary host without being one
+    ("arcxiv.org"): a typo, or a site that imitates the real one; either way not a source.
+    """
+    host = host_of(url)
+    bare = host.removeprefix("www.")
+    if host in RETIRED_HOSTS:
+        return "retired"
+    if any(url.split("://", 1)[-1].lower().startswith(path) for path in AGGREGATOR_PATHS):
+        return "other"
+    if host in PRIMARY_HOSTS or bare in PRIMARY_HOSTS or host.endswith(".github.io"):  # .github.io: project pages
+        return "primary"
+    for primary in PRIMARY_HOSTS:
+        candidate = primary.removeprefix("www.")
+        same_suffix = bare.rsplit(".", 1)[-1] == candidate.rsplit(".", 1)[-1]
+        distance = _edit_distance(bare, candidate)
+        if same_suffix and bare != candidate and (distance == 1 or (distance == 2 and len(candidate) > 10)):
+            return f"look-alike of {candidate}"
+    return "other"
+
+
+def _edit_distance(a: str, b: str) -> int:
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
+
+
 def normalized_title(title: str) -> str:
     """Casefolded letters and digits only, accents and LaTeX braces removed.
 

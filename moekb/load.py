@@ -93,4 +93,6 @@ def load_knowledge_base(root: Path | None = None, papers_dir: Path | None = None
     notebooks = {
         file.name: file.read_text(encoding="utf-8") for file in sorted((root / "notebooks").glob("*.ipynb"))
     }
-    return KnowledgeBase(taxonomy=taxonomy, papers=sorted(papers, key=lambda p: p.id), notebooks=notebooks)
+    ordered = sorted(papers, key=lambda p: p.id)
+    return KnowledgeBase(taxonomy=taxonomy, papers=[p for p in ordered if not p.is_survey],
+                         surveys=[p for p in ordered if p.is_survey], notebooks=notebooks)

@@ -18,6 +18,28 @@ Text = Annotated[str, StringConstraints(strict=True, min_length=1, pattern=r"\S"
 Strict = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+Count = Annotated[int, Field(strict=True, ge=0)]
+Billions = Annotated[float, Field(ge=0)]
+
+
+class Method(BaseModel):
+    """What an entry's method is, each field only as the paper (or its model card) states it."""
+
+    model_config = Strict
+
+    name: Text = Field(description='The short name people use, e.g. "LIMoE", "MoE-LLaVA".')
+    routing: Optional[Text] = Field(None, description="How tokens reach experts: a routing id (taxonomy/vocabularies.yaml).")
+    experts: Optional[Count] = Field(None, description="Routed experts per MoE layer, in the configuration the paper leads with.")
+    top_k: Optional[Count] = Field(None, description="Experts each token is sent to.")
+    shared_experts: Optional[Count] = Field(None, description="Always-on experts beside the routed ones.")
+    placement: list[Text] = Field(default_factory=list, description="Where the experts sit: placement ids (taxonomy/vocabularies.yaml).")
+    params_total: Optional[Billions] = Field(None, description="Total parameters, in billions.")
+    params_active: Optional[Billions] = Field(None, description="Parameters active per token, in billions.")
+    upcycled: Optional[bool] = Field(None, description="Whether the experts start as copies of a trained dense FFN.")
+    base_models: list[Text] = Field(default_factory=list, description="The pretrained models it starts from.")
+    weights: list[Text] = Field(default_factory=list, description="Released checkpoints: Hugging Face ids (org/name) or URLs.")
+
+
 class Paper(BaseModel):
     """One ``papers/<id>.yaml`` entry."""
 
@@ -27,8 +49,10 @@ class Paper(BaseModel):
     title: Text = Field(description="The title exactly as on the arXiv abstract page or the publisher's.")
     authors: list[Text] = Field(min_length=1, description="All authors, full names, in order.")
     year: int = Field(description="Year of the venue if published, else of the first arXiv version.")
-    perspective: Text = Field(description="engine, learner, adapter, or foundations.")
-    subcategory: Text = Field(description="A sub-category id of the perspective (taxonomy/perspectives.yaml).")
+    kind: Optional[Text] = Field(None, description="survey or benchmark (taxonomy/vocabularies.yaml paper_kinds); omitted for a method.")
+    perspective: Optional[Text] = Field(None, description="engine, learner, adapter, or foundations; required unless kind is survey.")
+    subcategory: Optional[Text] = Field(None, description="A sub-category id of the perspective (taxonomy/perspectives.yaml); required unless kind is survey.")
+    domain: Text = Field(description="Application domain id (taxonomy/vocabularies.yaml domains).")
     modalities: list[Text] = Field(min_length=1, description="Modality ids (taxonomy/vocabularies.yaml).")
     summary: Text = Field(description="2-4 sentences in the contributor's own words.")
     verified_from: list[Text] = Field(
@@ -40,7 +64,9 @@ class Paper(BaseModel):
     venue: Optional[Text] = Field(None, description="Venue id or alias (taxonomy/vocabularies.yaml).")
     code: Optional[Text] = Field(None, description="Official code repository (http/https).")
     gaps: list[Text] = Field(default_factory=list, description="Research-gap ids (taxonomy/gaps.yaml).")
-    cites: list[Text] = Field(default_factory=list, description="Ids of other entries this paper cites.")
+    method: Optional[Method] = Field(None, description="The method's facts, for entries that propose a method or model.")
+    cites: list[Text] = Field(default_factory=list, description="Ids of other entries this paper cites, as its reference list shows.")
+    references_from: Optional[Text] = Field(None, description="The page (URL) where the reference list behind `cites` was read.")
     bibtex_type: Optional[Text] = Field(None, description="BibTeX entry type (taxonomy/vocabularies.yaml entry_kinds).")
     added: Optional[dt.date] = Field(None, description="Date the entry was added (YYYY-MM-DD).")
     notes: Optional[Text] = Field(None, description="What could not be checked, name clashes, caveats.")
@@ -51,6 +77,15 @@ class Paper(BaseModel):
     def path(self) -> str:
         """The file the entry was read from, relative to the project root."""
         return self._path
+
+    @property
+    def is_survey(self) -> bool:
+        return self.kind == "survey"
+
+    @property
+    def citations_checked(self) -> bool:
+        """Whether ``cites`` comes from a reference list that was read; if not, "cites nothing" is unknown."""
+        return self.references_from is not None
 
     @property
     def arxiv_url(self) -> str | None:
@@ -104,6 +139,10 @@ class Term(BaseModel):
 class Vocabularies(BaseModel):
     model_config = Strict
     modalities: list[Term] = Field(min_length=1)
+    domains: list[Term] = Field(min_length=1)
+    paper_kinds: list[Term] = Field(min_length=1)
+    routings: list[Term] = Field(min_length=1)
+    placements: list[Term] = Field(min_length=1)
     venues: list[Term] = Field(min_length=1)
     entry_kinds: list[Term] = Field(min_length=1)
 
@@ -143,14 +182,34 @@ class Taxonomy:
     def venue(self) -> dict[str, Term]:
         return {v.id: v for v in self.vocabularies.venues}
 
+    @cached_property
+    def domain(self) -> dict[str, Term]:
+        return {d.id: d for d in self.vocabularies.domains}
+
+    @cached_property
+    def paper_kind(self) -> dict[str, Term]:
+        return {k.id: k for k in self.vocabularies.paper_kinds}
+
+    @cached_property
+    def routing(self) -> dict[str, Term]:
+        return {r.id: r for r in self.vocabularies.routings}
+
+    @cached_property
+    def placement(self) -> dict[str, Term]:
+        return {p.id: p for p in self.vocabularies.placements}
+
 
 @dataclass(frozen=True)
 class KnowledgeBase:
-    """Papers sorted by id, the taxonomy, and the notebooks to render (name -> JSON text)."""
+    """Method papers and surveys sorted by id, the taxonomy, and the notebooks to render (name -> JSON text).
+
+    Surveys are kept apart: they have no perspective, stay out of the counts and of the citation graph,
+    and are listed on a page of their own."""
 
     taxonomy: Taxonomy
     papers: list[Paper]
     notebooks: dict[str, str] = field(default_factory=dict)
+    surveys: list[Paper] = field(default_factory=list)
 
     @cached_property
     def paper(self) -> dict[str, Paper]:

@@ -115,8 +115,8 @@ def build_taxonomy(perspectives: Document, gaps: Document, vocabularies: Documen
         for i, ident in enumerate(ids):
             if ids.index(ident) != i:
                 problems.append(doc.problem((i, "id"), f"{label} id '{ident}' is used twice"))
-    for key, terms in (("modalities", taxonomy.vocabularies.modalities), ("venues", taxonomy.vocabularies.venues),
-                       ("entry_kinds", taxonomy.vocabularies.entry_kinds)):
+    for key in Vocabularies.model_fields:
+        terms = getattr(taxonomy.vocabularies, key)
         spellings: dict[str, int] = {}
         for i, term in enumerate(terms):
             for spelling in [term.id, *term.aliases]:
@@ -174,11 +174,25 @@ def check_paper(doc: Document, taxonomy: Taxonomy, file_stem: str) -> tuple[Pape
     if paper.id != file_stem:
         problems.append(doc.problem(("id",), f"id '{paper.id}' differs from the file name '{file_stem}.yaml': they must be equal"))
 
-    if paper.perspective not in taxonomy.perspective:
+    if paper.kind is not None and paper.kind not in taxonomy.paper_kind:
+        problems.append(unknown(doc, ("kind",), "kind", paper.kind, list(taxonomy.paper_kind)))
+    if paper.is_survey:
+        for key in ("perspective", "subcategory", "method"):
+            if getattr(paper, key) is not None:
+                problems.append(doc.problem((key,), f"{key}: a survey has none (surveys are listed on their own page)"))
+    else:
+        for key in ("perspective", "subcategory"):
+            if getattr(paper, key) is None:
+                problems.append(doc.problem(("id",), f"missing required field '{key}' (only a survey has none)"))
+    if paper.domain not in taxonomy.domain:
+        problems.append(unknown(doc, ("domain",), "domain", paper.domain, list(taxonomy.domain)))
+    if paper.method is not None:
+        problems += method_problems(doc, paper.method, taxonomy)
+    if paper.perspective is not None and paper.perspective not in taxonomy.perspective:
         problems.append(unknown(doc, ("perspective",), "perspective", paper.perspective, list(taxonomy.perspective)))
-    if paper.subcategory not in taxonomy.subcategory:
+    if paper.subcategory is not None and paper.subcategory not in taxonomy.subcategory:
         problems.append(unknown(doc, ("subcategory",), "sub-category", paper.subcategory, list(taxonomy.subcategory)))
-    elif paper.perspective in taxonomy.perspective and taxonomy.subcategory[paper.subcategory][0].id != paper.perspective:
+    elif paper.subcategory is not None and paper.perspective in taxonomy.perspective and taxonomy.subcategory[paper.subcategory][0].id != paper.perspective:
         owner = taxonomy.subcategory[paper.subcategory][0].id
         allowed = ", ".join(s.id for s in taxonomy.perspective[paper.perspective].subcategories)
         problems.append(doc.problem(("subcategory",), f"sub-category '{paper.subcategory}' belongs to perspective "
@@ -206,6 +220,8 @@ def check_paper(doc: Document, taxonomy: Taxonomy, file_stem: str) -> tuple[Pape
               ("url", paper.url and identifiers.url_problem("url", paper.url)),
               ("code", paper.code and identifiers.url_problem("code", paper.code))]
     checks += [(("verified_from", i), identifiers.url_problem("verified_from", u)) for i, u in enumerate(paper.verified_from)]
+    checks += [("references_from", paper.references_from and identifiers.url_problem("references_from", paper.references_from))]
+    problems += source_problems(doc, paper)
     for key, message in checks:
         if message:
             problems.append(doc.problem(key if isinstance(key, tuple) else (key,), message))
@@ -229,6 +245,43 @@ def check_paper(doc: Document, taxonomy: Taxonomy, file_stem: str) -> tuple[Pape
         paper = paper.model_copy(update={"venue": canonical_venue})
     paper._path = doc.path
     return paper, []
+
+
+def method_problems(doc: Document, method, taxonomy: Taxonomy) -> list[Problem]:
+    """Vocabularies and the relations between a method's numbers."""
+    problems = []
+    if method.routing is not None and method.routing not in taxonomy.routing:
+        problems.append(unknown(doc, ("method", "routing"), "routing", method.routing, list(taxonomy.routing)))
+    for i, value in enumerate(method.placement):
+        if value not in taxonomy.placement:
+            problems.append(unknown(doc, ("method", "placement", i), "placement", value, list(taxonomy.placement)))
+        elif method.placement.index(value) != i:
+            problems.append(doc.problem(("method", "placement", i), f"method.placement: '{value}' is listed twice"))
+    if method.top_k is not None and method.experts is not None and method.top_k > method.experts:
+        problems.append(doc.problem(("method", "top_k"), f"method.top_k: {method.top_k} is more than the "
+                                    f"{method.experts} experts"))
+    if (method.params_active is not None and method.params_total is not None
+            and method.params_active > method.params_total):
+        problems.append(doc.problem(("method", "params_active"), f"method.params_active: {method.params_active}B is "
+                                    f"more than params_total {method.params_total}B"))
+    for i, value in enumerate(method.weights):
+        if identifiers.weights_problem(value):
+            problems.append(doc.problem(("method", "weights", i), identifiers.weights_problem(value)))
+    return problems
+
+
+def source_problems(doc: Document, paper: Paper) -> list[Problem]:
+    """Look-alike domains anywhere; a retired site never the only source."""
+    problems = []
+    kinds = [identifiers.source_kind(url) for url in paper.verified_from]
+    for i, (url, kind) in enumerate(zip(paper.verified_from, kinds)):
+        if kind.startswith("look-alike"):
+            problems.append(doc.problem(("verified_from", i), f"verified_from: {url!r} is on a {kind}: "
+                                        "copy the address exactly from the page you read"))
+    if kinds and all(kind == "retired" for kind in kinds):
+        problems.append(doc.problem(("verified_from",), "verified_from: a retired site (Papers with Code) cannot be "
+                                    "the only source: add the arXiv page, the publisher's or the official repository"))
+    return problems
 
 
 def check_corpus(papers: list[Paper], docs: dict[str, Document], also_known: set[str] = frozenset()) -> list[Problem]:

@@ -6,6 +6,7 @@ nothing with the library but the parameters.
 """
 
 import math
+import struct
 
 import pytest
 import torch
@@ -23,7 +24,17 @@ from reference_impls.moe import (
 )
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-BACKENDS = ["grouped_mm", "padded_bmm", "loop"]
+BACKENDS = ["grouped_mm", "loop"]
+
+
+def f32(value: float) -> float:
+    """Round to the nearest float32 (an independent way to get DeepSpeed's float32 capacity)."""
+    return struct.unpack("f", struct.pack("f", value))[0]
+
+
+def deepspeed_capacity(T, E, k, cf):
+    """DeepSpeed v0.9.5 ``_capacity``: ``ceil((S / E) * tensor(k * cf))`` with the product in float32."""
+    return math.ceil(f32(f32(T / E) * f32(k * cf)))
 
 
 def naive_moe(moe: SparseMoE, x: torch.Tensor, capacity_factor=None, priority="position",
@@ -33,7 +44,7 @@ def naive_moe(moe: SparseMoE, x: torch.Tensor, capacity_factor=None, priority="p
     logits = x.float() @ moe.router.weight.float().T
     p = torch.softmax(logits, -1)
     idx = p.topk(k, -1).indices
-    C = None if capacity_factor is None else math.ceil(k * capacity_factor * T / E)
+    C = None if capacity_factor is None else deepspeed_capacity(T, E, k, capacity_factor)
     order = list(range(T))
     if priority == "batch":
         order = sorted(order, key=lambda t: -p[t, idx[t, 0]].item())
@@ -49,7 +60,7 @@ def naive_moe(moe: SparseMoE, x: torch.Tensor, capacity_factor=None, priority="p
     for t in range(T):
         probs = [p[t, idx[t, j]] for j in range(k)]
         kept = [probs[j] * keep[t, j] for j in range(k)]
-        if not renormalize:
+        if not renormalize or k == 1:  # Switch: a single choice keeps its raw probability
             g = kept
         elif normalize_before_drop:
             g = [kept[j] / sum(probs) for j in range(k)]
@@ -145,15 +156,22 @@ def test_renormalised_gates_sum_to_one_or_zero():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_top1_renormalised_router_gets_no_task_gradient(device):
-    moe = make_moe(E=4, k=1, device=device)
+@pytest.mark.parametrize("renormalize", [True, False])
+def test_top1_gate_is_the_raw_probability_so_the_router_learns(device, renormalize):
+    # Switch eq. 2 / DeepSpeed top1gating: y = p_i(x) E_i(x). Renormalising one choice would give
+    # exactly 1 and cut the router off from the task loss.
+    moe = make_moe(E=4, k=1, device=device, renormalize=renormalize)
     x = torch.randn(40, 16, device=device)
-    moe(x).output.pow(2).sum().backward()
-    # the gate p / p is identically 1: zero up to rounding (d(p/p)/dp = 1/p - p/p^2 in fp32)
-    assert moe.router.weight.grad.abs().max().item() < 1e-6
-    raw = make_moe(E=4, k=1, device=device, renormalize=False)  # Switch: gate = p_i
-    raw(x).output.pow(2).sum().backward()
-    assert raw.router.weight.grad.abs().max().item() > 1e-2
+    out = moe(x)
+    p = torch.softmax(x.float() @ moe.router.weight.float().T, -1).max(-1).values
+    torch.testing.assert_close(out.routing.gates[:, 0], p)
+    assert (p < 0.99).all()
+    out.output.pow(2).sum().backward()
+    grad = moe.router.weight.grad.clone()
+    moe.zero_grad()
+    naive_moe(moe, x.cpu() if device == "cpu" else x)[0].pow(2).sum().backward()
+    torch.testing.assert_close(grad, moe.router.weight.grad, atol=1e-5, rtol=1e-4)
+    assert grad.norm() > 1e-3 * moe.router.weight.norm()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -222,10 +240,23 @@ def test_capacity_numbers():
     assert expert_capacity(1024, 4, 2, 1.5) == 768  # MoE-LLaVA training
     assert expert_capacity(1024, 4, 2, 2.0) == 1024  # MoE-LLaVA eval: = S, dropless
     assert expert_capacity(1024, 4, 1, 1.5) == 384  # DeepSpeed top1gating
-    assert expert_capacity(10, 4, 2, 1.0) == 5  # ceil(4.999..)
+    assert expert_capacity(10, 4, 1, 1.0) == 3  # ceil(2.5), where floor would give 2
+    assert expert_capacity(9, 4, 1, 1.0, arithmetic="exact") == 3  # ceil(2.25)
     assert expert_capacity(8, 64, 2, 1.0, min_capacity=4) == 4
     assert expert_capacity(8, 4, 2, None) is None
     assert route(torch.randn(1024, 4), 2, 1.5).capacity == 768
+
+
+def test_capacity_follows_deepspeeds_float32_arithmetic():
+    # 26.25 * float32(2.4) = 63.0000025 in float32, so DeepSpeed reserves 64 slots; exactly it is 63.
+    assert expert_capacity(210, 8, 2, 1.2) == 64
+    assert expert_capacity(210, 8, 2, 1.2, arithmetic="exact") == 63
+    differ = 0
+    for T in range(1, 129):
+        for E in range(1, 129):
+            assert expert_capacity(T, E, 2, 1.2) == deepspeed_capacity(T, E, 2, 1.2), (T, E)
+            differ += expert_capacity(T, E, 2, 1.2) != expert_capacity(T, E, 2, 1.2, arithmetic="exact")
+    assert differ > 0
 
 
 @settings(max_examples=25, deadline=None)
