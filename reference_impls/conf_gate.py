@@ -84,8 +84,25 @@ Code details reproduced in both modes
   the ``(M-1) S`` source tokens separately per expert slot; only the ``floor((M-1) S / 4)`` largest weights
   per (query token, slot) are kept, *not* renormalised; the values are the keys; the result is summed
   over kept tokens and slots, added to the chunk and layer-normed.
-* Readout: mean-pool each modality, concatenate, ``MLP(M d -> d -> d)`` (ReLU, dropout 0.5),
-  LayerNorm, ``Linear(d, num_labels)``.
+* Readout: mean-pool each modality, concatenate, ``Linear(M d, d)`` (the code's
+  ``MLP(hidden*M, hidden, hidden, num_layers_pred=1)`` is a single linear layer: no hidden layer, no
+  dropout), LayerNorm, ``Linear(d, num_labels)``.
+* Baselines, like for like: the softmax, Laplace and Gaussian gates get the same NoisyGate noise in
+  training (``router_noise``) and FuseMoE's balance loss ``0.01 * (CV^2(importance) + CV^2(load))``
+  (``loss_coef`` default, ``noisy_top_k_gating`` / ``cv_squared`` in FuseMoE's ``sparse_moe.py``),
+  so the comparison changes the gate function only. ``balance_loss="switch"`` uses Switch's
+  ``E sum f P`` instead.
+
+Two behaviours of the official code that this file deliberately does *not* reproduce:
+
+* **Separate calls for complete and incomplete samples.** ``models.py`` runs the MoE once on the
+  complete samples and again on the incomplete ones, so with ``TokenLevelConf=False`` each expert's
+  confidence mean is taken over a different set of tokens depending on which call a sample fell in.
+  Here each modality's observed tokens go through one call, whatever else is missing.
+* **Expert-slot indexing.** Where the code gathers the output of slot ``j`` of token ``t`` from the
+  flattened ``[T*k]`` expert outputs, it reads row ``(t*k + j) mod T`` instead of the rows of token
+  ``t``, pairing a token with another token's expert outputs. This file indexes ``[T, k]`` rows by
+  the token itself (the correct reading); nothing switches the slip on.
 
 Code details *not* reproduced (listed so nobody mistakes them for the method): the MSE averages over
 zero-filled rows of samples that skipped the MoE (it only rescales the loss); a partly-observed chunk's
@@ -109,7 +126,8 @@ from torch import Tensor, nn
 
 from reference_impls.moe import Experts, load_balancing_loss, route, sort_by_expert
 
-GateKind = Literal["confidence", "softmax", "laplace"]
+GateKind = Literal["confidence", "softmax", "laplace", "gaussian"]
+BalanceLoss = Literal["fusemoe", "switch"]
 Faithful = Literal["code", "paper"]
 
 
@@ -125,13 +143,13 @@ class ConfGateConfig:
     d_hidden: int | None = None  # expert hidden width; None = d_model (``Expert_NN(d, d)``)
     num_heads: int = 4  # scripts
     dropout: float = 0.1  # scripts
-    readout_dropout: float = 0.5  # ``MLP(..., dropout=0.5)`` in models.py
     gate: GateKind = "confidence"
     num_experts: int = 4  # original repo main.py (ICML repo main.py: 8; MOSI/MOSEI scripts: 8)
     top_k: int = 2  # all scripts
-    router_noise: bool = True  # FastMoE NoisyGate noise in training (confidence gate only)
+    router_noise: bool = True  # NoisyGate noise in training, every gate (FastMoE; FuseMoE's is the same)
     token_level_confidence: bool = True  # ICML repo default (``TokenLevelConf``)
-    load_balance_coef: float = 0.0  # softmax/Laplace baselines only; Conf-SMoE adds none
+    load_balance_coef: float = 1e-2  # baselines only (FuseMoE ``loss_coef`` default); Conf-SMoE adds none
+    balance_loss: BalanceLoss = "fusemoe"  # FuseMoE's CV^2(importance) + CV^2(load), or Switch's E sum f P
     keep_fraction: float = 0.25  # post-imputation keeps floor((M-1) S * 1/4) weights (``// 4`` in models.py)
     faithful_to: Faithful = "code"
     expert_backend: Literal["auto", "grouped_mm", "loop"] = "auto"
@@ -139,7 +157,7 @@ class ConfGateConfig:
     def __post_init__(self) -> None:
         if len(self.input_dims) != self.num_modalities:
             raise ValueError("input_dims needs one entry per modality")
-        if self.gate not in ("confidence", "softmax", "laplace"):
+        if self.gate not in ("confidence", "softmax", "laplace", "gaussian"):
             raise ValueError(f"unknown gate {self.gate!r}")
         if self.faithful_to not in ("code", "paper"):
             raise ValueError(f"faithful_to must be 'code' or 'paper', got {self.faithful_to!r}")
@@ -163,21 +181,37 @@ class GateOutput:
     expert_outputs: Tensor  # [T, k, d]  E_{e_tj}(x_t), unweighted (the post-imputation's keys)
     weights: Tensor  # [T, k]  confidence c (confidence gate) or renormalised top-k probabilities
     expert_index: Tensor  # [T, k]  selected experts, best first
-    router_logits: Tensor  # [T, E]  (noisy in training for the confidence gate)
+    router_logits: Tensor  # [T, E]  noisy in training when ``router_noise``
     router_probs: Tensor  # [T, E]  softmax(router_logits); what the load-balancing loss needs
     target: Tensor | None = None  # [T, k]  task confidence t (confidence gate, labels given)
     target_logits: Tensor | None = None  # [T, k, C]  W_p E_{e_tj}(x_t) (confidence gate, labels given)
     labels: Tensor | None = None  # [T]  the token labels t was computed against
+    clean_logits: Tensor | None = None  # [T, E]  logits before noise (the baselines' load estimate)
+    noise_std: Tensor | None = None  # [T, E]  the noise's standard deviation, None without noise
 
 
 class _TopKExperts(nn.Module):
-    """E expert FFNs shared by every modality; evaluates each token's k selected experts."""
+    """E expert FFNs shared by every modality; evaluates each token's k selected experts. Every gate
+    adds the same trainable noise in training, ``eps * (softplus(x W_n) + 0.01)`` with ``eps ~ N(0, 1)``
+    (FastMoE ``NoisyGate``, Conf-SMoE's router; FuseMoE's ``noisy_top_k_gating`` has the same form), so
+    that the gates differ only in their clean logits."""
 
     def __init__(self, cfg: ConfGateConfig):
         super().__init__()
         self.num_experts, self.top_k = cfg.num_experts, cfg.top_k
+        self.router_noise = cfg.router_noise
         self.experts = Experts(cfg.num_experts, cfg.d_model, cfg.d_hidden or cfg.d_model,
                                activation="gelu", backend=cfg.expert_backend)
+        d, E = cfg.d_model, cfg.num_experts
+        # NoisyGate's w_noise is [d, E] with kaiming_uniform(a=sqrt 5), i.e. U(+-1/sqrt(E)) for that layout.
+        self.w_noise = nn.Parameter(torch.empty(d, E).uniform_(-1 / math.sqrt(E), 1 / math.sqrt(E)))
+
+    def noisy(self, clean: Tensor, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``(z, std)``: ``z = clean + eps * std`` with ``std = softplus(x W_n) + 0.01`` in training."""
+        if not (self.training and self.router_noise):
+            return clean, None
+        std = F.softplus(x @ self.w_noise) + 1e-2
+        return clean + torch.randn_like(clean) * std, std
 
     def expert_outputs(self, x: Tensor, expert_index: Tensor) -> Tensor:
         """``x [T, d]``, ``expert_index [T, k]`` -> ``[T, k, d]`` with row (t, j) = ``E_{e_tj}(x_t)``."""
@@ -203,10 +237,9 @@ class ConfidenceGatedMoE(_TopKExperts):
     def __init__(self, cfg: ConfGateConfig):
         super().__init__(cfg)
         d, E = cfg.d_model, cfg.num_experts
-        self.router_noise, self.token_level = cfg.router_noise, cfg.token_level_confidence
-        # FastMoE NoisyGate: w_gate, w_noise are [d, E]; kaiming_uniform(a=sqrt 5) => U(+-1/sqrt(E)).
+        self.token_level = cfg.token_level_confidence
+        # FastMoE NoisyGate: w_gate is [d, E]; kaiming_uniform(a=sqrt 5) => U(+-1/sqrt(E)).
         self.w_gate = nn.Parameter(torch.empty(d, E).uniform_(-1 / math.sqrt(E), 1 / math.sqrt(E)))
-        self.w_noise = nn.Parameter(torch.empty(d, E).uniform_(-1 / math.sqrt(E), 1 / math.sqrt(E)))
         # ConfNet_e = LayerNorm(d) -> Linear(d, 1) -> Sigmoid, one per expert, stored stacked and
         # gathered per (token, slot) so no Python loop runs over experts.
         self.conf_ln_weight = nn.Parameter(torch.ones(E, d))
@@ -218,10 +251,7 @@ class ConfidenceGatedMoE(_TopKExperts):
 
     def router_logits(self, x: Tensor) -> Tensor:
         """``z = x W_g + eps (softplus(x W_n) + 0.01)`` in training, ``x W_g`` in eval (NoisyGate)."""
-        clean = x @ self.w_gate
-        if not (self.training and self.router_noise):
-            return clean
-        return clean + torch.randn_like(clean) * (F.softplus(x @ self.w_noise) + 1e-2)
+        return self.noisy(x @ self.w_gate, x)[0]
 
     def confidence(self, expert_outputs: Tensor, expert_index: Tensor) -> Tensor:
         """``c_tj = sigmoid(w_e . LN_e(E_e(x_t)) + b_e)`` for ``e = e_tj``: ``[T, k, d] -> [T, k]``."""
@@ -254,25 +284,28 @@ class ConfidenceGatedMoE(_TopKExperts):
 
 
 class SoftmaxGatedMoE(_TopKExperts):
-    """Baseline: linear router, top-k, softmax over the selected logits (Shazeer 2017; Mixtral).
+    """Baseline: linear router, noisy top-k, softmax over the selected logits (Shazeer 2017; FuseMoE's
+    ``softmax`` gating).
 
-    The router is trained by the task loss through the gate weights and, when the caller adds it, by
-    ``load_balancing_loss`` (``ConfGateConfig.load_balance_coef``)."""
+    The router is trained by the task loss through the gate weights and by the balance loss the
+    caller adds (``auxiliary_loss``: FuseMoE's ``cv_squared`` loss by default)."""
 
     def __init__(self, cfg: ConfGateConfig):
         super().__init__(cfg)
         self.router = nn.Linear(cfg.d_model, cfg.num_experts, bias=False)
 
-    def router_logits(self, x: Tensor) -> Tensor:
+    def clean_logits(self, x: Tensor) -> Tensor:
         return self.router(x)
 
     def forward(self, x: Tensor, *, labels: Tensor | None = None) -> GateOutput:
-        logits = self.router_logits(x)
-        routing = route(logits, self.top_k)  # dropless; gates = p_j / sum_topk p = softmax over top-k
+        clean = self.clean_logits(x)
+        logits, std = self.noisy(clean, x)
+        # dropless; gates = p_j / sum_topk p, the softmax over the selected logits (for k = 1, the raw p)
+        routing = route(logits, self.top_k)
         expert_out = self.expert_outputs(x, routing.expert_index)
         y = torch.einsum("tkd,tk->td", expert_out, routing.gates)
         return GateOutput(y, expert_out, routing.gates, routing.expert_index, logits, routing.router_probs,
-                          labels=labels)
+                          labels=labels, clean_logits=clean, noise_std=std)
 
 
 class LaplaceGatedMoE(SoftmaxGatedMoE):
@@ -284,15 +317,61 @@ class LaplaceGatedMoE(SoftmaxGatedMoE):
         _TopKExperts.__init__(self, cfg)
         self.expert_embeddings = nn.Parameter(torch.randn(cfg.num_experts, cfg.d_model) / math.sqrt(cfg.d_model))
 
-    def router_logits(self, x: Tensor) -> Tensor:
+    def clean_logits(self, x: Tensor) -> Tensor:
         return -torch.cdist(x, self.expert_embeddings)
+
+
+class GaussianGatedMoE(LaplaceGatedMoE):
+    """Baseline: the Gaussian gate FuseMoE compares, ``z_i = -||x - w_i||_2^2``, then the same noisy
+    top-k softmax."""
+
+    def clean_logits(self, x: Tensor) -> Tensor:
+        return -torch.cdist(x, self.expert_embeddings).square()
 
 
 GATES: dict[str, type[_TopKExperts]] = {
     "confidence": ConfidenceGatedMoE,
     "softmax": SoftmaxGatedMoE,
     "laplace": LaplaceGatedMoE,
+    "gaussian": GaussianGatedMoE,
 }
+
+
+def cv_squared(v: Tensor) -> Tensor:
+    """Squared coefficient of variation ``Var(v) / (Mean(v)^2 + 1e-10)`` (Shazeer 2017; FuseMoE), 0 for
+    fewer than two entries. Uses the unbiased variance, as ``torch.var`` does in both codebases."""
+    if v.numel() < 2:
+        return v.new_zeros(())
+    return v.float().var() / (v.float().mean().square() + 1e-10)
+
+
+def prob_in_top_k(clean: Tensor, noisy: Tensor, noise_std: Tensor, k: int) -> Tensor:
+    """Shazeer et al. 2017 (appendix A, ``_prob_in_top_k``): the probability that expert e would still
+    be among a token's top k if its noise were re-drawn, ``Phi((clean_e - threshold) / std_e)``, where
+    the threshold is the (k+1)-th largest noisy logit for an expert now in the top k and the k-th largest
+    for one outside it. Differentiable in the clean logits and the noise scale: the smooth load."""
+    top = noisy.topk(min(k + 1, noisy.shape[-1]), dim=-1).values
+    threshold_if_in = top[:, -1:] if top.shape[-1] > k else top[:, -1:] - float("inf")
+    threshold_if_out = top[:, k - 1:k]
+    is_in = noisy > threshold_if_in
+    normal = torch.distributions.Normal(0.0, 1.0)
+    prob_if_in = normal.cdf((clean - threshold_if_in) / noise_std)
+    prob_if_out = normal.cdf((clean - threshold_if_out) / noise_std)
+    return torch.where(is_in, prob_if_in, prob_if_out)
+
+
+def fusemoe_balance_loss(out: "GateOutput", num_experts: int) -> Tensor:
+    """FuseMoE's (and Shazeer's) ``cv_squared(importance) + cv_squared(load)``: importance is the sum of
+    each expert's gate weights over the tokens; load the smooth ``prob_in_top_k`` count with noise (the
+    raw count of selections without it, which carries no gradient)."""
+    k = out.expert_index.shape[1]
+    gates = out.weights.new_zeros(out.weights.shape[0], num_experts).scatter(1, out.expert_index, out.weights)
+    importance = gates.sum(0)
+    if out.noise_std is not None and k < num_experts:
+        load = prob_in_top_k(out.clean_logits, out.router_logits, out.noise_std, k).sum(0)
+    else:
+        load = torch.bincount(out.expert_index.reshape(-1), minlength=num_experts).to(importance.dtype)
+    return cv_squared(importance) + cv_squared(load)
 
 
 def confidence_loss(out: GateOutput, *, faithful_to: Faithful = "code") -> Tensor:
@@ -463,8 +542,7 @@ class MultimodalMoEClassifier(nn.Module):
         self.norm_impute = nn.LayerNorm(d)  # layer_norm_2
         self.q_proj = nn.Linear(d, d)  # q_linear
         self.k_proj = nn.Linear(d, d)  # k_linear
-        self.readout = nn.Sequential(nn.Linear(M * d, d), nn.ReLU(), nn.Dropout(cfg.readout_dropout),
-                                     nn.Linear(d, d))  # MLP(hidden*M, hidden, hidden, num_layers_pred=2)
+        self.readout = nn.Linear(M * d, d)  # MLP(hidden*M, hidden, hidden, num_layers_pred=1): one Linear
         self.norm_out = nn.LayerNorm(d)
         self.head = nn.Linear(d, cfg.num_labels)
 
@@ -526,8 +604,9 @@ def auxiliary_loss(out: ClassifierOutput, cfg: ConfGateConfig) -> Tensor:
 
     * confidence gate: ``confidence_loss`` over all modalities' assignments together (one MSE over the
       concatenation, as models.py concatenates ``out_conf`` across chunks);
-    * softmax / Laplace gates: ``load_balance_coef`` times the Switch loss ``E sum_i f_i P_i``
-      (``moe.load_balancing_loss``, first choices counted), averaged over the per-modality calls.
+    * softmax / Laplace / Gaussian gates: ``load_balance_coef`` times FuseMoE's balance loss
+      (``fusemoe_balance_loss``; ``balance_loss="switch"``: the Switch loss ``E sum_i f_i P_i`` instead),
+      averaged over the per-modality calls.
     """
     gates = [g for g in out.gates if g is not None]
     if cfg.gate == "confidence":
@@ -547,7 +626,10 @@ def auxiliary_loss(out: ClassifierOutput, cfg: ConfGateConfig) -> Tensor:
         return confidence_loss(cat, faithful_to=cfg.faithful_to)
     if cfg.load_balance_coef == 0:
         return out.logits.new_zeros(())
-    lb = torch.stack([load_balancing_loss(g.router_probs, g.expert_index, cfg.num_experts) for g in gates])
+    if cfg.balance_loss == "fusemoe":
+        lb = torch.stack([fusemoe_balance_loss(g, cfg.num_experts) for g in gates])
+    else:
+        lb = torch.stack([load_balancing_loss(g.router_probs, g.expert_index, cfg.num_experts) for g in gates])
     return cfg.load_balance_coef * lb.mean()
 
 
@@ -558,12 +640,16 @@ __all__ = [
     "CrossModalAttention",
     "GATES",
     "GateOutput",
+    "GaussianGatedMoE",
     "Imputation",
     "LaplaceGatedMoE",
     "MultimodalMoEClassifier",
     "SoftmaxGatedMoE",
     "auxiliary_loss",
     "confidence_loss",
+    "cv_squared",
+    "fusemoe_balance_loss",
+    "prob_in_top_k",
     "expert_load_entropy",
     "num_kept_sources",
     "pre_impute",

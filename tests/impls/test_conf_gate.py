@@ -11,6 +11,11 @@ import torch
 import torch.nn.functional as F
 
 from reference_impls.conf_gate import (
+    GATES,
+    GaussianGatedMoE,
+    cv_squared,
+    fusemoe_balance_loss,
+    prob_in_top_k,
     ConfGateConfig,
     ConfidenceGatedMoE,
     LaplaceGatedMoE,
@@ -31,7 +36,7 @@ D = 16  # multiple of 4 so that F.grouped_mm runs on CPU
 
 def small_cfg(**kw):
     base = dict(d_model=D, num_heads=2, num_labels=3, num_experts=4, top_k=2, tokens_per_modality=4,
-                input_dims=(5, 6, 7), dropout=0.0, readout_dropout=0.0)
+                input_dims=(5, 6, 7), dropout=0.0)
     base.update(kw)
     return ConfGateConfig(**base)
 
@@ -191,14 +196,18 @@ def test_baseline_routers_get_task_and_balance_gradients(gate_cls, param):
 
 def test_auxiliary_loss_per_gate():
     torch.manual_seed(9)
-    for gate in ("softmax", "laplace"):
-        cfg = small_cfg(gate=gate, load_balance_coef=0.01)
+    for gate in ("softmax", "laplace", "gaussian"):
+        cfg = small_cfg(gate=gate, load_balance_coef=0.01, balance_loss="switch")
         model = MultimodalMoEClassifier(cfg).eval()
         out = model(*make_batch(cfg))
         lb = torch.stack([load_balancing_loss(g.router_probs, g.expert_index, 4) for g in out.gates]).mean().detach()
         assert torch.allclose(auxiliary_loss(out, cfg), 0.01 * lb)
         assert 1.0 - 1e-6 <= lb.item() <= 4.0  # Switch loss: 1 when f or P is uniform, E when collapsed
-        assert auxiliary_loss(out, small_cfg(gate=gate)) == 0
+        assert auxiliary_loss(out, small_cfg(gate=gate, load_balance_coef=0.0)) == 0
+        fuse = small_cfg(gate=gate)  # FuseMoE's loss is the default, coefficient 0.01 (loss_coef)
+        assert fuse.load_balance_coef == 0.01 and fuse.balance_loss == "fusemoe"
+        expected = torch.stack([fusemoe_balance_loss(g, 4) for g in out.gates]).mean()
+        assert torch.allclose(auxiliary_loss(out, fuse), 0.01 * expected)
     # the confidence gate adds no balance loss, whatever the coefficient
     cfg = small_cfg(load_balance_coef=0.5)
     model = MultimodalMoEClassifier(cfg).eval()
@@ -334,7 +343,7 @@ def test_laplace_scores_are_largest_for_the_nearest_expert_embedding():
         gate.expert_embeddings.copy_(torch.randn(4, D) * 4)
     target = torch.randint(0, 4, (64,))
     x = gate.expert_embeddings.detach()[target] + 0.3 * torch.randn(64, D)
-    logits = gate.router_logits(x)
+    logits = gate.clean_logits(x)
     assert torch.allclose(logits, -(x[:, None] - gate.expert_embeddings[None]).norm(dim=-1), atol=1e-4)
     assert torch.equal(logits.argmax(-1), target)
     out = gate(x)
@@ -378,7 +387,7 @@ def test_training_steps_reduce_the_loss_for_every_gate():
 
 
 def _train_a_little():
-    for gate in ("confidence", "softmax", "laplace"):
+    for gate in ("confidence", "softmax", "laplace", "gaussian"):
         torch.manual_seed(16)
         cfg = small_cfg(gate=gate, load_balance_coef=0.01)
         model = MultimodalMoEClassifier(cfg).train()
@@ -393,3 +402,62 @@ def _train_a_little():
             opt.step()
             losses.append(loss.item())
         assert losses[-1] < 0.5 * losses[0], (gate, losses[0], losses[-1])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Like-for-like baselines: FuseMoE's noise and balance loss, and its Gaussian gate
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_cv_squared_hand_values():
+    assert cv_squared(torch.tensor([1.0, 1.0, 1.0])).item() == pytest.approx(0.0)
+    # mean 2, unbiased variance ((1)^2 + 0 + 1^2) / 2 = 1 -> 1 / 4
+    assert cv_squared(torch.tensor([1.0, 2.0, 3.0])).item() == pytest.approx(0.25)
+    assert cv_squared(torch.tensor([5.0])).item() == 0.0
+
+
+def test_prob_in_top_k_matches_resampled_noise():
+    torch.manual_seed(0)
+    clean = torch.randn(6, 5)
+    std = torch.rand(6, 5) + 0.5
+    noisy = clean + torch.randn(6, 5) * std
+    p = prob_in_top_k(clean, noisy, std, 2)
+    # Monte Carlo: re-draw one expert's noise, the others fixed, and count how often it is in the top 2
+    draws = 20_000
+    for t in range(2):
+        for e in range(5):
+            z = noisy[t].repeat(draws, 1)
+            z[:, e] = clean[t, e] + torch.randn(draws) * std[t, e]
+            in_top = (z.topk(2, -1).indices == e).any(-1).float().mean()
+            assert abs(in_top.item() - p[t, e].item()) < 0.02, (t, e)
+
+
+def test_baselines_are_noisy_in_training_and_gaussian_squares_the_distance():
+    torch.manual_seed(1)
+    x = torch.randn(32, D)
+    for gate in ("softmax", "laplace", "gaussian"):
+        moe = GATES[gate](small_cfg(gate=gate)).train()
+        out = moe(x)
+        assert out.noise_std is not None and not torch.allclose(out.router_logits, out.clean_logits)
+        moe.eval()
+        out = moe(x)
+        assert out.noise_std is None and torch.equal(out.router_logits, out.clean_logits)
+    gauss = GaussianGatedMoE(small_cfg(gate="gaussian"))
+    expected = -((x[:, None] - gauss.expert_embeddings[None]) ** 2).sum(-1)
+    assert torch.allclose(gauss.clean_logits(x), expected, atol=1e-4)
+
+
+def test_fusemoe_balance_loss_by_hand_and_its_gradient():
+    torch.manual_seed(2)
+    moe = SoftmaxGatedMoE(small_cfg(gate="softmax")).eval()
+    x = torch.randn(16, D)
+    out = moe(x)
+    importance = torch.zeros(4).index_add(0, out.expert_index.reshape(-1), out.weights.reshape(-1))
+    load = torch.bincount(out.expert_index.reshape(-1), minlength=4).float()
+    expected = importance.var() / importance.mean() ** 2 + load.var() / load.mean() ** 2
+    assert torch.allclose(fusemoe_balance_loss(out, 4), expected, atol=1e-5)
+    moe.train()
+    out = moe(x)
+    loss = fusemoe_balance_loss(out, 4)
+    grads = torch.autograd.grad(loss, [moe.router.weight, moe.w_noise])
+    assert all(g.abs().sum() > 0 for g in grads)  # the smooth load reaches the noise weights too
