@@ -50,6 +50,7 @@ STDIN = "<stdin>"
 PLACEHOLDERS: dict[str, Any] = {
     "perspective": "TODO: engine, learner, adapter or foundations (see the list above)",
     "subcategory": "TODO: one sub-category of that perspective (see the list above)",
+    "domain": "TODO: the application domain (see the list above)",
     "modalities": ["TODO: the modalities the method handles (see the list above)"],
     "summary": "TODO: 2-4 sentences in your own words, never copied from the abstract: what the experts "
                "do and why it matters for multimodal learning",
@@ -284,8 +285,8 @@ def match_venue(published_in: str, taxonomy: Taxonomy) -> str | None:
 PER_PAPER_FLAGS = {"id": "--id", "title": "--title", "authors": "--author", "year": "--year", "arxiv": "--arxiv",
                    "doi": "--doi", "url": "--url", "venue": "--venue", "code": "--code", "summary": "--summary",
                    "verified_from": "--verified-from", "notes": "--notes", "bibtex_type": "--bibtex-type"}
-SHARED_FLAGS = {"perspective": "--perspective", "subcategory": "--subcategory", "modalities": "--modality",
-                "gaps": "--gap"}
+SHARED_FLAGS = {"perspective": "--perspective", "subcategory": "--subcategory", "domain": "--domain",
+                "modalities": "--modality", "gaps": "--gap"}
 
 
 def flag_fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -402,6 +403,7 @@ def vocabulary_comments(taxonomy: Taxonomy) -> dict[str, list[str]]:
     return {
         "perspective": ["perspective, one of:", *[f"  {p}" for p in perspectives]],
         "subcategory": ["subcategory, by perspective:", *[f"  {line}" for line in subcategories]],
+        "domain": wrapped("domain, one of: " + ", ".join(taxonomy.domain)),
         "modalities": wrapped("modalities, any of: " + ", ".join(taxonomy.modality)),
     }
 
@@ -576,6 +578,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--code", help="official code repository (http/https)")
     parser.add_argument("--perspective", help="engine, learner, adapter or foundations")
     parser.add_argument("--subcategory", help="a sub-category of the perspective")
+    parser.add_argument("--domain", help="application domain id (taxonomy/vocabularies.yaml domains)")
     parser.add_argument("--modality", dest="modalities", action="append", default=[], help="repeatable")
     parser.add_argument("--gap", dest="gaps", action="append", default=[], help="research-gap id; repeatable")
     parser.add_argument("--summary", help="2-4 sentences in your own words")

@@ -20,24 +20,23 @@ from bibtexparser.model import Entry, Field
 from moekb.model import Paper, Taxonomy
 
 
-JOURNALS = {"JMLR", "TMLR", "TPAMI", "TIP", "TMM", "TOMM", "Mathematics", "Neural-Computation", "Information-Fusion"}
-
-
-def default_type(paper: Paper) -> str:
+def default_type(paper: Paper, taxonomy: Taxonomy) -> str:
     if paper.bibtex_type:
         return paper.bibtex_type
     if paper.venue is None:
         return "misc"
-    return "article" if paper.venue in JOURNALS else "inproceedings"
+    return "article" if paper.venue in taxonomy.journals else "inproceedings"
 
 
 def entry_fields(paper: Paper, taxonomy: Taxonomy) -> dict[str, str]:
     """The BibTeX fields of one paper, in the order they are written."""
-    kind = default_type(paper)
+    kind = default_type(paper, taxonomy)
     fields = {"title": paper.title, "author": " and ".join(paper.authors), "year": str(paper.year)}
     venue = taxonomy.venue[paper.venue].name if paper.venue else None
     if kind == "article":
-        fields["journal"] = venue or (f"arXiv preprint arXiv:{paper.arxiv}" if paper.arxiv else "Unpublished")
+        journal = venue or (f"arXiv preprint arXiv:{paper.arxiv}" if paper.arxiv else None)
+        if journal:  # never an invented one: an article whose journal is not recorded has no journal field
+            fields["journal"] = journal
     elif kind == "inproceedings" and venue:
         fields["booktitle"] = venue
     elif venue:
@@ -69,7 +68,7 @@ def paper_library(papers: list[Paper], taxonomy: Taxonomy) -> Library:
     library = Library()
     for paper in papers:
         fields = [Field(key, value) for key, value in entry_fields(paper, taxonomy).items()]
-        library.add(Entry(default_type(paper), paper.id, fields))
+        library.add(Entry(default_type(paper, taxonomy), paper.id, fields))
     return library
 
 
@@ -144,44 +143,3 @@ def parse_bibtex(text: str) -> Library:
         if title is not None and title.value.startswith("{") and title.value.endswith("}"):
             title.value = title.value[1:-1]
     return library
-
-
-ENTRY_HEAD = re.compile(r"@([A-Za-z]+)\{([A-Za-z0-9_:.-]+),")
-ENTRY_FIELD = re.compile(r"( +)([a-z]+) = (\{.*\})(,?)")
-HTML_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})  # as Pygments' HtmlFormatter escapes
-
-
-def highlighted_entry(entry: str) -> str | None:
-    """An entry written by :func:`bibtex_entries` as Pygments would highlight it (BibTeX lexer,
-    ``HtmlFormatter(nowrap=True)``: the same spans, classes and escaping), or None when the text
-    is not in that shape. Pygments' lexer takes a large part of rendering a paper page; a test
-    checks the two agree on every entry of the real and a synthetic corpus."""
-    lines = entry.rstrip("\n").split("\n")
-    head = ENTRY_HEAD.fullmatch(lines[0])
-    if head is None or lines[-1] != "}":
-        return None
-    out = [f'<span class="nc">@{head.group(1)}</span><span class="p">{{</span>'
-           f'<span class="nl">{head.group(2)}</span><span class="p">,</span>']
-    for line in lines[1:-1]:
-        field = ENTRY_FIELD.fullmatch(line)
-        if field is None or not balanced_braces(field.group(3)):
-            return None
-        indent, name, value, comma = field.groups()
-        out.append(f'<span class="w">{indent}</span><span class="na">{name}</span><span class="w"> </span>'
-                   f'<span class="p">=</span><span class="w"> </span><span class="s">{value.translate(HTML_ESCAPES)}</span>'
-                   + ('<span class="p">,</span>' if comma else ""))
-    out.append('<span class="p">}</span>')
-    return "\n".join(out) + "\n"
-
-
-def balanced_braces(value: str) -> bool:
-    """Whether ``{...}`` closes only at its end, as one braced BibTeX value must."""
-    inner = value[1:-1]
-    if "{" not in inner and "}" not in inner:  # most values: no inner braces to follow
-        return value[:1] == "{" and value[-1:] == "}"
-    depth = 0
-    for position, char in enumerate(value):
-        depth += (char == "{") - (char == "}")
-        if depth < 0 or (depth == 0 and position < len(value) - 1):
-            return False
-    return depth == 0

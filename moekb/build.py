@@ -1,11 +1,11 @@
-"""From the project folder to ``docs/generated/``: load, validate, render, write.
+"""From the project folder to the generated part of ``docs/``: load, validate, render, write.
 
-Used by ``moekb build`` and by the mkdocs hook, so both produce the same files.
+``moekb build`` runs this as a step of its own; the mkdocs hook runs the same function before each
+mkdocs build. Either way the engine then renders a plain folder of Markdown.
 """
 
 from __future__ import annotations
 
-import gc
 import os
 from pathlib import Path
 
@@ -13,45 +13,10 @@ from moekb.load import load_knowledge_base, project_root
 from moekb.model import KnowledgeBase
 from moekb.output import sync_tree
 from moekb.schema import paper_schema
-from moekb.site import render_site
+from moekb.site import GENERATED_FOLDERS, render_site
 
-GENERATED = Path("docs") / "generated"
+DOCS = Path("docs")
 PAPERS_ENV = "MOEKB_PAPERS"  # another papers folder (e.g. a synthetic corpus) to build from
-
-
-class CollectorPause:
-    """Python's cyclic garbage collector, run a hundred times less often for the length of a build.
-
-    A build allocates millions of short-lived objects (strings, lists, dicts, validated entries),
-    almost none of them in reference cycles, so reference counting frees them. The cyclic
-    collector, tuned for long-running programs, still runs every 700 net allocations, and a few
-    of those runs walk every live object: for 2000 papers, a quarter of the whole ``mkdocs
-    build`` (4.5 s against 3.4 s in one measurement). With the first threshold at 100 000 the
-    collector still runs, and a 2000-paper build held 3 MB more at its peak (148 against 145 MB;
-    switched off altogether, the collector saved no more time and cost 13 MB). ``resume``
-    restores the thresholds as they were (pauses nest)."""
-
-    THRESHOLD = 100_000
-
-    def __init__(self) -> None:
-        self.saved: tuple[int, int, int] | None = None
-
-    def pause(self) -> None:
-        if self.saved is None:
-            self.saved = gc.get_threshold()
-            gc.set_threshold(max(self.THRESHOLD, self.saved[0]), *self.saved[1:])
-
-    def resume(self) -> None:
-        if self.saved is not None:
-            gc.set_threshold(*self.saved)
-            self.saved = None
-
-    def __enter__(self) -> "CollectorPause":
-        self.pause()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.resume()
 
 
 def papers_dir_from_env(root: Path) -> Path | None:
@@ -69,16 +34,22 @@ def implementation_sources(root: Path, kb: KnowledgeBase) -> dict[str, str]:
 def generate(root: Path | None = None, papers_dir: Path | None = None) -> tuple[KnowledgeBase, dict[str, str | bytes]]:
     """Load and render; raises MoekbError (and so writes nothing) if anything is invalid."""
     root = project_root(root)
-    with CollectorPause():
-        kb = load_knowledge_base(root, papers_dir or papers_dir_from_env(root))
-        guides = {p.name for p in (root / "docs" / "impls").glob("*.md")}
-        files = render_site(kb, implementations=implementation_sources(root, kb), schema=paper_schema(kb.taxonomy),
-                            guides=guides)
+    kb = load_knowledge_base(root, papers_dir or papers_dir_from_env(root))
+    guides = {p.name for p in (root / DOCS / "impls").glob("*.md")}
+    files = render_site(kb, implementations=implementation_sources(root, kb), schema=paper_schema(kb.taxonomy),
+                        guides=guides)
     return kb, files
 
 
 def build(root: Path | None = None, papers_dir: Path | None = None) -> tuple[KnowledgeBase, int, int]:
+    """Render everything in memory, then make each generated folder of ``docs/`` hold exactly its files
+    (hand-written pages live in other folders and are never touched)."""
     root = project_root(root)
     kb, files = generate(root, papers_dir)
-    written, removed = sync_tree(files, root / GENERATED)
+    written = removed = 0
+    for folder in GENERATED_FOLDERS:
+        prefix = folder + "/"
+        mine = {name[len(prefix):]: content for name, content in files.items() if name.startswith(prefix)}
+        w, r = sync_tree(mine, root / DOCS / folder)
+        written, removed = written + w, removed + r
     return kb, written, removed

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from xml.sax.saxutils import escape, quoteattr
+from markupsafe import escape  # escapes quotes too, so a value is safe in an attribute
 
+from moekb.markup import inert_html, reveal_hidden
 from moekb.model import KnowledgeBase, Taxonomy
 
 # Mid-tone colours that keep their contrast on white and on Material's slate background.
@@ -163,3 +164,49 @@ def gap_counts(kb: KnowledgeBase) -> tuple[tuple[str, ...], tuple[str, ...], tup
 def render_charts(kb: KnowledgeBase) -> dict[str, str]:
     """File name -> SVG text for every chart."""
     return {PAPERS_PER_YEAR: papers_per_year_svg(*year_series(kb)), GAP_HEATMAP: heatmap_svg(*gap_counts(kb))}
+
+
+def neighbourhood_svg(paper, cited_by: list, cites: list, *, more: tuple[int, int], href) -> str:  # noqa: C901
+    """A paper's citation neighbourhood, drawn at build time: papers citing it in a column on the left,
+    papers it cites on the right, arrows towards the cited paper. Labels are method names (or ids);
+    every node is a link (``href(paper)``). Inline SVG, so it follows the page's colours."""
+    label = lambda p: " ".join(reveal_hidden(p.method.name if p.method else p.id).split())  # noqa: E731
+    row, width, box = 26.0, 720.0, 200.0
+    rows = max(len(cited_by) + (more[0] > 0), len(cites) + (more[1] > 0), 1)
+    height = rows * row + 16
+    centre_y = height / 2
+    body = []
+
+    def node(x: float, y: float, p, *, bold: bool = False) -> str:
+        name = label(p)
+        short = name if len(name) <= 26 else name[:25] + "…"
+        weight = ' font-weight="bold"' if bold else ""
+        return (f'<a href="{escape(href(p))}"><title>{inert_html(p.title)} ({p.year})</title>'
+                f'<rect x="{x:.1f}" y="{y - 10:.1f}" width="{box:.0f}" height="20" rx="4" fill="none" '
+                f'stroke="currentColor" stroke-opacity="0.45"/>'
+                f'<text x="{x + box / 2:.1f}" y="{y + 4:.1f}" {FONT} font-size="12" fill="currentColor" '
+                f'text-anchor="middle"{weight}>{escape(short)} · {p.year}</text></a>')
+
+    def column(papers: list, x: float, extra: int, left: bool) -> None:
+        top = centre_y - (len(papers) + (extra > 0)) * row / 2 + row / 2
+        for k, p in enumerate(papers):
+            y = top + k * row
+            x1, x2 = (x + box, width / 2 - box / 2) if left else (width / 2 + box / 2, x)
+            body.append(f'<line x1="{x1:.1f}" y1="{y if left else centre_y:.1f}" x2="{x2:.1f}" '
+                        f'y2="{centre_y if left else y:.1f}" stroke="currentColor" stroke-opacity="0.35" '
+                        f'marker-end="url(#moekb-arrow)"/>')
+            body.append(node(x, y, p))
+        if extra > 0:
+            y = top + len(papers) * row
+            body.append(text(x + box / 2, y + 4, f"and {extra} more", size=11, colour="currentColor"))
+
+    column(cited_by, 8, more[0], left=True)
+    column(cites, width - box - 8, more[1], left=False)
+    body.append(node(width / 2 - box / 2, centre_y, paper, bold=True))
+    return "\n".join([
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width:.0f} {height:.0f}" role="img" '
+        f'class="moekb-neighbourhood-svg" style="max-width:100%;height:auto">',
+        f"<title>Citation neighbourhood of {inert_html(paper.title)}</title>",
+        '<defs><marker id="moekb-arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="6" markerHeight="6" '
+        'orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="currentColor" fill-opacity="0.5"/></marker></defs>',
+        *body, "</svg>"])

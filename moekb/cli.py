@@ -25,7 +25,8 @@ from moekb.schema import SCHEMA_PATH, paper_schema
 def cmd_validate(args) -> int:
     root = project_root(args.root)
     kb = load_knowledge_base(root, args.papers or papers_dir_from_env(root))
-    print(f"ok: {len(kb.papers)} papers, {len(kb.taxonomy.subcategory)} sub-categories, no problems")
+    print(f"ok: {len(kb.papers)} papers, {len(kb.surveys)} surveys, {len(kb.taxonomy.subcategory)} sub-categories, "
+          "no problems")
     return 0
 
 
@@ -33,7 +34,7 @@ def cmd_build(args) -> int:
     kb, written, removed = build(args.root, args.papers)
     for warning in cycle_warnings(citation_graph(kb, bare=True)):
         print(f"warning: {warning}", file=sys.stderr)
-    print(f"built docs/generated/ from {len(kb.papers)} papers: {written} files written, {removed} removed")
+    print(f"built the generated pages in docs/ from {len(kb.papers)} papers and {len(kb.surveys)} surveys: {written} files written, {removed} removed")
     return 0
 
 
@@ -115,7 +116,7 @@ def parser() -> argparse.ArgumentParser:
         return p
 
     papers_option(sub.add_parser("validate", help="check every entry and the taxonomy; print path:line: message")).set_defaults(func=cmd_validate)
-    papers_option(sub.add_parser("build", help="validate, then write docs/generated/ (nothing is written on error)")).set_defaults(func=cmd_build)
+    papers_option(sub.add_parser("build", help="validate, then write the generated pages into docs/ (nothing is written on error)")).set_defaults(func=cmd_build)
     stats = papers_option(sub.add_parser("stats", help="papers per perspective, sub-category, gap and year"))
     stats.add_argument("--check", action="store_true", help="exit 1 when a coverage minimum is not met")
     stats.add_argument("--min-multimodal", type=int, default=60)

@@ -7,6 +7,7 @@ arXiv rules follow arxiv-browse's ``browse/domain/identifier.py``: new-style ``Y
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 
@@ -97,28 +98,33 @@ RETIRED_HOSTS = ("paperswithcode.com", "www.paperswithcode.com")
 
 def host_of(url: str) -> str:
     match = re.match(r"^https?://([^/?#:]+)", url, re.IGNORECASE)
-    return match[1].lower() if match else ""
+    return match[1].lower().rstrip(".") if match else ""
 
 
 def source_kind(url: str) -> str:
+    """See :func:`host_kind`; a Hugging Face paper page is an aggregator, its model cards are primary."""
+    if any(url.split("://", 1)[-1].lower().startswith(path) for path in AGGREGATOR_PATHS):
+        return "other"
+    return host_kind(host_of(url))
+
+
+@functools.lru_cache(maxsize=4096)
+def host_kind(host: str) -> str:
     """``primary``, ``other``, ``retired``, or ``look-alike of <host>`` for a verified_from URL.
 
-    A look-alike is a host one or two edits away from a primary host without being one
-    ("arcxiv.org"): a typo, or a site that imitates the real one; either way not a source.
+    A look-alike is a host one edit away from a primary host without being one ("arcxiv.org"): a
+    typo, or a site that imitates the real one; either way not a source. (Two edits already reach
+    real sites: mlanthology.org is two from aclanthology.org.)
     """
-    host = host_of(url)
     bare = host.removeprefix("www.")
     if host in RETIRED_HOSTS:
         return "retired"
-    if any(url.split("://", 1)[-1].lower().startswith(path) for path in AGGREGATOR_PATHS):
-        return "other"
     if host in PRIMARY_HOSTS or bare in PRIMARY_HOSTS or host.endswith(".github.io"):  # .github.io: project pages
         return "primary"
     for primary in PRIMARY_HOSTS:
         candidate = primary.removeprefix("www.")
         same_suffix = bare.rsplit(".", 1)[-1] == candidate.rsplit(".", 1)[-1]
-        distance = _edit_distance(bare, candidate)
-        if same_suffix and bare != candidate and (distance == 1 or (distance == 2 and len(candidate) > 10)):
+        if same_suffix and abs(len(bare) - len(candidate)) <= 1 and _edit_distance(bare, candidate) == 1:
             return f"look-alike of {candidate}"
     return "other"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from moekb.errors import MoekbError, Problem
 from moekb.model import KnowledgeBase, Paper, Taxonomy
 from moekb.source import Document, read_document
-from moekb.validate import build_taxonomy, check_corpus, check_paper
+from moekb.validate import build_taxonomy, check_corpus, check_paper, implementation_problems
 
 TAXONOMY_FILES = ("perspectives.yaml", "gaps.yaml", "vocabularies.yaml")
 
@@ -87,7 +87,13 @@ def load_knowledge_base(root: Path | None = None, papers_dir: Path | None = None
     papers, docs, problems = load_papers(taxonomy, papers_dir, root)
     # Ids of entries that failed their own checks still count as known, so one broken file does
     # not also turn every citation of it into an error.
-    problems += check_corpus(papers, docs, also_known={f.stem for f in paper_files(papers_dir)} if papers_dir.is_dir() else set())
+    known = {f.stem for f in paper_files(papers_dir)} if papers_dir.is_dir() else set()
+    problems += check_corpus(papers, docs, also_known=known)
+    # The taxonomy's links to code are checked in a project that has reference implementations, built
+    # from its own papers (a synthetic corpus holds none of the papers the implementations follow).
+    if papers_dir == root / "papers" and (root / "reference_impls").is_dir():
+        perspectives = read_document(root / "taxonomy" / "perspectives.yaml", "taxonomy/perspectives.yaml")
+        problems += implementation_problems(perspectives, taxonomy, known, root)
     if problems:
         raise MoekbError(problems)
     notebooks = {

@@ -27,49 +27,69 @@ class Method(BaseModel):
 
     model_config = Strict
 
-    name: Text = Field(description='The short name people use, e.g. "LIMoE", "MoE-LLaVA".')
-    routing: Optional[Text] = Field(None, description="How tokens reach experts: a routing id (taxonomy/vocabularies.yaml).")
-    experts: Optional[Count] = Field(None, description="Routed experts per MoE layer, in the configuration the paper leads with.")
-    top_k: Optional[Count] = Field(None, description="Experts each token is sent to.")
-    shared_experts: Optional[Count] = Field(None, description="Always-on experts beside the routed ones.")
-    placement: list[Text] = Field(default_factory=list, description="Where the experts sit: placement ids (taxonomy/vocabularies.yaml).")
-    params_total: Optional[Billions] = Field(None, description="Total parameters, in billions.")
-    params_active: Optional[Billions] = Field(None, description="Parameters active per token, in billions.")
-    upcycled: Optional[bool] = Field(None, description="Whether the experts start as copies of a trained dense FFN.")
-    base_models: list[Text] = Field(default_factory=list, description="The pretrained models it starts from.")
-    weights: list[Text] = Field(default_factory=list, description="Released checkpoints: Hugging Face ids (org/name) or URLs.")
+    name: Text = Field(title="Method", description='The short name people use, e.g. "LIMoE", "MoE-LLaVA".')
+    routing: Optional[Text] = Field(None, title="Routing", description="How tokens reach experts: a routing id (taxonomy/vocabularies.yaml).")
+    experts: Optional[Count] = Field(None, title="Experts", description="Routed experts per MoE layer, in the configuration the paper leads with.")
+    top_k: Optional[Count] = Field(None, title="Top-k", description="Experts each token is sent to.")
+    shared_experts: Optional[Count] = Field(None, title="Shared experts", description="Always-on experts beside the routed ones.")
+    placement: list[Text] = Field(title="Placement", default_factory=list, description="Where the experts sit: placement ids (taxonomy/vocabularies.yaml).")
+    params_total: Optional[Billions] = Field(None, title="Total params (B)", description="Total parameters, in billions.")
+    params_active: Optional[Billions] = Field(None, title="Active params (B)", description="Parameters active per token, in billions.")
+    upcycled: Optional[bool] = Field(None, title="Upcycled", description="Whether the experts start as copies of a trained dense FFN.")
+    base_models: list[Text] = Field(title="Base models", default_factory=list, description="The pretrained models it starts from.")
+    weights: list[Text] = Field(title="Weights", default_factory=list, description="Released checkpoints: Hugging Face ids (org/name) or URLs.")
 
 
 class Paper(BaseModel):
-    """One ``papers/<id>.yaml`` entry."""
+    """One ``papers/<id>.yaml`` entry. Each field's description is the contributor guide's text for it
+    (``moekb.fields.field_table`` writes the guide's table from these)."""
 
     model_config = Strict
 
-    id: Text = Field(description="Lowercase slug, equal to the file name: <family name><year><word>.")
-    title: Text = Field(description="The title exactly as on the arXiv abstract page or the publisher's.")
-    authors: list[Text] = Field(min_length=1, description="All authors, full names, in order.")
-    year: int = Field(description="Year of the venue if published, else of the first arXiv version.")
-    kind: Optional[Text] = Field(None, description="survey or benchmark (taxonomy/vocabularies.yaml paper_kinds); omitted for a method.")
-    perspective: Optional[Text] = Field(None, description="engine, learner, adapter, or foundations; required unless kind is survey.")
-    subcategory: Optional[Text] = Field(None, description="A sub-category id of the perspective (taxonomy/perspectives.yaml); required unless kind is survey.")
-    domain: Text = Field(description="Application domain id (taxonomy/vocabularies.yaml domains).")
-    modalities: list[Text] = Field(min_length=1, description="Modality ids (taxonomy/vocabularies.yaml).")
-    summary: Text = Field(description="2-4 sentences in the contributor's own words.")
-    verified_from: list[Text] = Field(
-        min_length=1, description="The pages (URLs) where title, authors, year, ids and venue were checked."
-    )
-    arxiv: Optional[Text] = Field(None, description='arXiv identifier as a quoted string, e.g. "2206.02770".')
-    doi: Optional[Text] = Field(None, description="DOI without the https://doi.org/ prefix.")
-    url: Optional[Text] = Field(None, description="Landing page (http/https), when there is no arXiv id or DOI.")
-    venue: Optional[Text] = Field(None, description="Venue id or alias (taxonomy/vocabularies.yaml).")
-    code: Optional[Text] = Field(None, description="Official code repository (http/https).")
-    gaps: list[Text] = Field(default_factory=list, description="Research-gap ids (taxonomy/gaps.yaml).")
-    method: Optional[Method] = Field(None, description="The method's facts, for entries that propose a method or model.")
-    cites: list[Text] = Field(default_factory=list, description="Ids of other entries this paper cites, as its reference list shows.")
-    references_from: Optional[Text] = Field(None, description="The page (URL) where the reference list behind `cites` was read.")
-    bibtex_type: Optional[Text] = Field(None, description="BibTeX entry type (taxonomy/vocabularies.yaml entry_kinds).")
-    added: Optional[dt.date] = Field(None, description="Date the entry was added (YYYY-MM-DD).")
-    notes: Optional[Text] = Field(None, description="What could not be checked, name clashes, caveats.")
+    id: Text = Field(description="Lowercase slug equal to the file name: family name of the first author, year, one "
+                                 "title word (`a-z`, `0-9`, `-`), e.g. `mustafa2022limoe`.")
+    title: Text = Field(description="Exactly as on the arXiv abstract page (or the publisher's page if there is no "
+                                    "arXiv version).")
+    authors: list[Text] = Field(min_length=1, description="**All** authors, full names, in the order of the arXiv "
+                                                          "abstract page. Never \"et al.\" or \"others\".")
+    year: int = Field(description="The year of the venue if the paper was published, else the year of the first arXiv "
+                                  "version; never before the year in its arXiv id.")
+    kind: Optional[Text] = Field(None, description="`survey` or `benchmark` (list below); left out for a method paper. "
+                                                   "A survey has no perspective, sub-category or method.")
+    perspective: Optional[Text] = Field(None, description="`engine`, `learner`, `adapter` or `foundations`; required "
+                                                          "unless the entry is a survey.")
+    subcategory: Optional[Text] = Field(None, description="A sub-category **of that perspective** (table below); "
+                                                          "required unless the entry is a survey.")
+    domain: Text = Field(description="The application domain, from the list below (`general` for general-purpose "
+                                     "models).")
+    modalities: list[Text] = Field(min_length=1, description="The modalities the method takes as input, from the list "
+                                                             "below, e.g. `[image, text]`.")
+    summary: Text = Field(description="2-4 sentences **in your own words** (never copy a sentence of the abstract): what "
+                                      "the experts do, and why it matters for multimodal learning.")
+    verified_from: list[Text] = Field(min_length=1, description="The pages where you checked title, authors, year, ids "
+                                                                "and venue, a primary page first: arXiv, OpenReview, "
+                                                                "the publisher, the official repository or model card.")
+    arxiv: Optional[Text] = Field(None, description="The bare arXiv id as a **quoted string**, no version, no URL: "
+                                                    "`\"2206.02770\"`.")
+    doi: Optional[Text] = Field(None, description="The bare DOI, without `https://doi.org/`, only if a source shows it.")
+    url: Optional[Text] = Field(None, description="An http(s) landing page, when there is neither an arXiv id nor a DOI.")
+    venue: Optional[Text] = Field(None, description="A venue id (or an alias) from the list below, only when a source "
+                                                    "shows the paper was accepted there.")
+    code: Optional[Text] = Field(None, description="The **official** code repository (linked from the paper, its "
+                                                   "abstract page or project page).")
+    gaps: list[Text] = Field(default_factory=list, description="Research gaps the paper addresses directly (list below).")
+    method: Optional[Method] = Field(None, description="The method's facts, each only as the paper or its model card "
+                                                       "states it (table below); for entries that propose a method.")
+    cites: list[Text] = Field(default_factory=list, description="Ids of *other entries in moekb* that this paper cites, "
+                                                                "as its reference list shows.")
+    references_from: Optional[Text] = Field(None, description="The page (URL) where you read the reference list behind "
+                                                              "`cites`; without it the entry's citations show as not "
+                                                              "checked.")
+    bibtex_type: Optional[Text] = Field(None, description="`article`, `inproceedings`, `misc`...; `moekb add` copies "
+                                                          "it from the BibTeX.")
+    added: Optional[dt.date] = Field(None, description="The date the entry was added (`moekb add` writes today's).")
+    notes: Optional[Text] = Field(None, description="What you could not check, name clashes, anything a reviewer "
+                                                    "should know.")
 
     _path: str = PrivateAttr(default="")
 
@@ -108,6 +128,7 @@ class Subcategory(BaseModel):
     source: Optional[Text] = None
     reference_impl: Optional[Text] = None
     notebook: Optional[Text] = None
+    implements: list[Text] = Field(default_factory=list)  # ids of the papers the reference implementation follows
 
 
 class Perspective(BaseModel):
@@ -119,6 +140,7 @@ class Perspective(BaseModel):
     background: bool = False
     reference_impl: Optional[Text] = None
     notebook: Optional[Text] = None
+    implements: list[Text] = Field(default_factory=list)  # ids of the papers the reference implementation follows
     subcategories: list[Subcategory] = Field(min_length=1)
 
 
@@ -134,6 +156,7 @@ class Term(BaseModel):
     id: Text
     name: Text
     aliases: list[Text] = Field(default_factory=list)
+    journal: bool = False  # venues only: a journal, whose papers are BibTeX @article
 
 
 class Vocabularies(BaseModel):
@@ -181,6 +204,10 @@ class Taxonomy:
     @cached_property
     def venue(self) -> dict[str, Term]:
         return {v.id: v for v in self.vocabularies.venues}
+
+    @cached_property
+    def journals(self) -> frozenset[str]:
+        return frozenset(v.id for v in self.vocabularies.venues if v.journal)
 
     @cached_property
     def domain(self) -> dict[str, Term]:

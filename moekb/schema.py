@@ -7,6 +7,7 @@ as enums and the identifier patterns added; ``moekb validate`` remains the autho
 
 from __future__ import annotations
 
+from moekb.fields import IDENTIFIERS
 from moekb.model import Paper, Taxonomy
 
 SCHEMA_PATH = "schema/paper.schema.json"
@@ -19,8 +20,8 @@ def paper_schema(taxonomy: Taxonomy) -> dict:
     schema["title"] = "moekb paper entry"
     props = schema["properties"]
 
-    def restrict(name: str, values: list[str]) -> None:
-        target = props[name]
+    def restrict(name: str, values: list[str], where: dict | None = None) -> None:
+        target = (where or props)[name]
         if target.get("type") == "array":
             target["items"] = {"type": "string", "enum": values}
         elif "anyOf" in target:
@@ -36,12 +37,22 @@ def paper_schema(taxonomy: Taxonomy) -> dict:
     restrict("gaps", list(taxonomy.gap))
     restrict("venue", sorted({s for v in taxonomy.vocabularies.venues for s in [v.id, *v.aliases]}))
     restrict("bibtex_type", [k.id for k in taxonomy.vocabularies.entry_kinds])
+    restrict("domain", list(taxonomy.domain))
+    restrict("kind", list(taxonomy.paper_kind))
+    method = schema["$defs"]["Method"]["properties"]
+    restrict("routing", list(taxonomy.routing), method)
+    restrict("placement", list(taxonomy.placement), method)
     props["id"]["pattern"] = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
     props["arxiv"]["anyOf"][0]["pattern"] = r"^(\d{4}\.\d{4,5}|[a-z]+(-[a-z]+)?(\.[A-Z]{2})?/\d{7})(v[1-9]\d*)?$"
     props["doi"]["anyOf"][0]["pattern"] = r"^10\.\d{4,9}/\S+$"
-    for name in ("url", "code"):
+    for name in ("url", "code", "references_from"):
         props[name]["anyOf"][0]["pattern"] = r"^https?://\S+$"
     props["verified_from"]["items"]["pattern"] = r"^https?://\S+$"
     props["added"] = {"type": "string", "format": "date", "description": props["added"].get("description", "")}
-    schema["anyOf"] = [{"required": ["arxiv"]}, {"required": ["doi"]}, {"required": ["url"]}]
+    schema["allOf"] = [
+        {"anyOf": [{"required": [name]} for name in IDENTIFIERS]},
+        # a survey has no perspective; every other entry has one and a sub-category
+        {"if": {"properties": {"kind": {"const": "survey"}}, "required": ["kind"]},
+         "else": {"required": ["perspective", "subcategory"]}},
+    ]
     return schema

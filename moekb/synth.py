@@ -17,7 +17,6 @@ import textwrap
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from moekb.bib import JOURNALS
 from moekb.errors import MoekbError, Problem
 from moekb.identifiers import normalized_title, unique
 from moekb.load import load_taxonomy, project_root
@@ -138,6 +137,9 @@ class CorpusWriter:
         rng, tax = self.rng, self.tax
         subcategories = list(tax.subcategory)
         modalities = list(tax.modality)
+        domains = list(tax.domain)
+        routings = list(tax.routing)
+        placements = list(tax.placement)
         venues = [v.id for v in tax.vocabularies.venues]
         kinds = [k.id for k in tax.vocabularies.entry_kinds]
         gaps = [g.id for g in tax.gaps]
@@ -145,6 +147,7 @@ class CorpusWriter:
                                    weights=[1.25 ** (y - FIRST_YEAR) for y in range(FIRST_YEAR, LAST_YEAR + 1)], k=n))
         sub_of = covering(rng, n, subcategories, lambda: rng.choice(subcategories))
         first_modality = covering(rng, n, modalities, lambda: rng.choice(modalities))
+        domain_of = covering(rng, n, domains, lambda: "general" if rng.random() < 0.6 else rng.choice(domains))
         venue_of = covering(rng, n, venues, lambda: rng.choice(venues) if rng.random() < 0.75 else None)
         kind_of = covering(rng, n, kinds, lambda: None)
         gap_of = covering(rng, n, gaps, lambda: None)
@@ -166,10 +169,11 @@ class CorpusWriter:
                 venue = rng.choice(venues)  # a paper without an arXiv id was published somewhere
             kind = kind_of[i] or (None if rng.random() < 0.3 else
                                   "misc" if venue is None else
-                                  "article" if venue in JOURNALS else "inproceedings")
+                                  "article" if venue in tax.journals else "inproceedings")
             lines = [f"id: {ident}", f"title: {scalar(self.title(acronym))}", "authors:"]
             lines += [f"  - {scalar(a)}" for a in authors]
             lines += [f"year: {year}", f"perspective: {perspective}", f"subcategory: {sub_of[i]}",
+                      f"domain: {domain_of[i]}",
                       f"modalities: [{', '.join(mods)}]", f"summary: {folded(self.summary(acronym, mods))}"]
             sources = []
             if "arxiv" in id_kind[i]:
@@ -193,10 +197,21 @@ class CorpusWriter:
                 sources.append(code)
             if paper_gaps:
                 lines.append(f"gaps: [{', '.join(paper_gaps)}]")
+            if rng.random() < 0.8:  # most entries propose a method; its facts are partly stated
+                experts = rng.choice([4, 8, 16, 32, 64])
+                lines += ["method:", f"  name: {scalar(acronym)}", f"  routing: {rng.choice(routings)}"]
+                if rng.random() < 0.7:
+                    lines += [f"  experts: {experts}", f"  top_k: {rng.choice([1, 2, 2, 4])}"]
+                lines.append(f"  placement: [{rng.choice(placements)}]")
+                if rng.random() < 0.5:
+                    total = round(rng.uniform(1, 200), 1)
+                    lines += [f"  params_total: {total}", f"  params_active: {round(total / rng.choice([2, 4, 8]), 2)}"]
             cites = rng.sample(earlier[-300:], min(len(earlier), rng.randint(0, MAX_CITES), 300))
             if cites:
                 lines.append("cites:")
                 lines += [f"  - {c}" for c in sorted(cites)]
+            if sources and rng.random() < 0.9:
+                lines.append(f"references_from: {sources[0]}")
             if kind:
                 lines.append(f"bibtex_type: {kind}")
             added = dt.date(LAST_YEAR, 1, 1) + dt.timedelta(days=rng.randint(0, 364))

@@ -13,10 +13,11 @@ import re
 from collections import defaultdict
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from moekb import identifiers
 from moekb.errors import Problem
+from moekb.fields import IDENTIFIERS
 from moekb.model import Paper, Perspective, Gap, Taxonomy, Vocabularies
 from moekb.source import Document
 
@@ -213,8 +214,9 @@ def check_paper(doc: Document, taxonomy: Taxonomy, file_stem: str) -> tuple[Pape
     if paper.bibtex_type is not None and paper.bibtex_type not in kinds:
         problems.append(unknown(doc, ("bibtex_type",), "bibtex_type", paper.bibtex_type, kinds))
 
-    if not (paper.arxiv or paper.doi or paper.url):
-        problems.append(doc.problem(("id",), "an entry needs at least one identifier: arxiv, doi or url"))
+    if not any(getattr(paper, name) for name in IDENTIFIERS):
+        problems.append(doc.problem(("id",), "an entry needs at least one identifier: " + ", ".join(IDENTIFIERS[:-1])
+                                    + " or " + IDENTIFIERS[-1]))
     checks = [("arxiv", paper.arxiv and identifiers.arxiv_problem(paper.arxiv)),
               ("doi", paper.doi and identifiers.doi_problem(paper.doi)),
               ("url", paper.url and identifiers.url_problem("url", paper.url)),
@@ -281,6 +283,22 @@ def source_problems(doc: Document, paper: Paper) -> list[Problem]:
     if kinds and all(kind == "retired" for kind in kinds):
         problems.append(doc.problem(("verified_from",), "verified_from: a retired site (Papers with Code) cannot be "
                                     "the only source: add the arXiv page, the publisher's or the official repository"))
+    return problems
+
+
+def implementation_problems(doc: Document, taxonomy: Taxonomy, known: set[str], root) -> list[Problem]:
+    """Each taxonomy node's ``reference_impl`` and ``notebook`` exist, and ``implements`` names entries."""
+    problems = []
+    for i, perspective in enumerate(taxonomy.perspectives):
+        owners = [((i,), perspective)] + [((i, "subcategories", j), sub) for j, sub in enumerate(perspective.subcategories)]
+        for loc, owner in owners:
+            for key in ("reference_impl", "notebook"):
+                path = getattr(owner, key)
+                if path and not (root / path).is_file():
+                    problems.append(doc.problem((*loc, key), f"{key}: no file {path} in the project"))
+            for k, paper_id in enumerate(owner.implements):
+                if paper_id not in known:
+                    problems.append(doc.problem((*loc, "implements", k), f"implements: no entry has the id '{paper_id}'"))
     return problems
 
 

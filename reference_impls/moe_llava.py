@@ -9,12 +9,14 @@ as a prefix of "visual tokens" before the text. MoE-LLaVA trains it in three sta
 
 1. **Projector** (``scripts/v1/*/pretrain.sh``: ``--tune_mm_mlp_adapter True``, lr 1e-3): image-caption
    pairs; only the projector trains, the vision tower and the LM are frozen.
-2. **Dense instruction tuning** (``finetune.sh``, lr 2e-5): multimodal instruction data plus text-only
-   data; the projector and the whole LM train, the vision tower stays frozen.
-3. **MoE tuning** (``finetune_moe.sh``, lr 2e-5): the FFN of every other decoder layer is *upcycled*
-   into E copies with a fresh router (``moe_mode="sparse"``: layers ``range(num_layers)[::2]``), and
-   only the FFN weights and routers train (``--train_modules fc1 fc2 wg`` for Phi-2: the FFNs of the
-   dense layers too); attention, embeddings, projector and vision tower are frozen.
+2. **Dense instruction tuning** (``finetune.sh``, lr 2e-5): multimodal instruction data only; the
+   projector and the whole LM train, the vision tower stays frozen.
+3. **MoE tuning** (``finetune_moe.sh``, lr 2e-5): multimodal instruction data plus text-only data (the
+   official ``docs/TRAIN.md`` lists the text-only set for this stage, not for stage 2). The FFN of every
+   other decoder layer is *upcycled* into E copies with a fresh router (``moe_mode="sparse"``: layers
+   ``range(num_layers)[::2]``), and only the FFN weights and routers train (``--train_modules fc1 fc2 wg``
+   for Phi-2: the FFNs of the dense layers too); attention, embeddings, projector and vision tower are
+   frozen.
    Loss: ``L = L_CE + 0.01 * sum_{MoE layers} l_aux`` (``router_aux_loss_coef=0.01``; a sum over
    layers, not a mean; ``llava_phi_moe.py`` adds every layer's DeepSpeed ``l_aux``).
 

@@ -70,6 +70,7 @@ FILLED = {
     "'TODO: engine, learner, adapter or foundations (see the list above)'": "engine",
     "'TODO: one sub-category of that perspective (see the list above)'": "sparse-mllm",
     "'TODO: the modalities the method handles (see the list above)'": "image",
+    "'TODO: the application domain (see the list above)'": "general",
 }
 
 
@@ -143,19 +144,21 @@ def test_arxiv_bibtex_becomes_an_entry_with_placeholders_and_a_report(project, c
     assert (data["year"], data["arxiv"], data["bibtex_type"]) == (2022, "2206.02770", "misc")
     assert 'arxiv: "2206.02770"' in text  # quoted, so YAML keeps it a string
     assert "venue" not in data and "doi" not in data and "url" not in data
-    assert out.splitlines()[:7] == [
+    assert out.splitlines()[:8] == [
         "wrote papers/mustafa2022limoe.yaml (from limoe.bib:1)",
-        "  5 value(s) for you to fill in before `moekb validate` passes:",
+        "  6 value(s) for you to fill in before `moekb validate` passes:",
         "    papers/mustafa2022limoe.yaml:18: perspective: replace the placeholder left by `moekb add`: "
         "TODO: engine, learner, adapter or foundations (see the list above)",
         "    papers/mustafa2022limoe.yaml:25: subcategory: replace the placeholder left by `moekb add`: "
         "TODO: one sub-category of that perspective (see the list above)",
-        "    papers/mustafa2022limoe.yaml:29: modalities: replace the placeholder left by `moekb add`: "
+        "    papers/mustafa2022limoe.yaml:28: domain: replace the placeholder left by `moekb add`: "
+        "TODO: the application domain (see the list above)",
+        "    papers/mustafa2022limoe.yaml:32: modalities: replace the placeholder left by `moekb add`: "
         "TODO: the modalities the method handles (see the list above)",
-        "    papers/mustafa2022limoe.yaml:30: summary: replace the placeholder left by `moekb add`: TODO: 2-4 "
+        "    papers/mustafa2022limoe.yaml:33: summary: replace the placeholder left by `moekb add`: TODO: 2-4 "
         "sentences in your own words, never copied from the abstract: what the experts do and why it matters "
         "for multimodal learning",
-        "    papers/mustafa2022limoe.yaml:33: verified_from: replace the placeholder left by `moekb add`: TODO: the "
+        "    papers/mustafa2022limoe.yaml:36: verified_from: replace the placeholder left by `moekb add`: TODO: the "
         "page(s) where you checked title, authors, year, ids and venue (the arXiv abstract page first)",
     ]
 
@@ -165,11 +168,11 @@ def test_validate_rejects_the_placeholders_until_a_person_fills_them(project, ca
     code, _, err = run(["--root", str(project), "validate"], capsys)
     assert code == 1
     lines = err.splitlines()
-    assert lines[-1] == "5 problem(s) found"
+    assert lines[-1] == "6 problem(s) found"
     assert [line.split(": replace the placeholder")[0] for line in lines[:-1]] == [
         "papers/mustafa2022limoe.yaml:18: perspective", "papers/mustafa2022limoe.yaml:25: subcategory",
-        "papers/mustafa2022limoe.yaml:29: modalities", "papers/mustafa2022limoe.yaml:30: summary",
-        "papers/mustafa2022limoe.yaml:33: verified_from"]
+        "papers/mustafa2022limoe.yaml:28: domain", "papers/mustafa2022limoe.yaml:32: modalities",
+        "papers/mustafa2022limoe.yaml:33: summary", "papers/mustafa2022limoe.yaml:36: verified_from"]
     assert "unknown perspective" not in err  # the placeholder is reported once, in its own words
 
     file = project / "papers" / "mustafa2022limoe.yaml"
@@ -263,7 +266,7 @@ def test_several_entries_at_once_from_stdin(project, capsys, monkeypatch):
 # -- from flags ---------------------------------------------------------------------------------
 FULL_FLAGS = ["--title", "Multimodal Contrastive Learning with LIMoE", "--author", "Basil Mustafa", "--author",
               "Carlos Riquelme", "--arxiv", "2206.02770v2", "--year", "2022", "--venue", "NIPS",
-              "--perspective", "learner", "--subcategory", "cross-modal-alignment", "--modality", "image",
+              "--perspective", "learner", "--subcategory", "cross-modal-alignment", "--domain", "general", "--modality", "image",
               "--modality", "text", "--summary", "One tower with sparse experts.", "--verified-from",
               "https://arxiv.org/abs/2206.02770", "--gap", "modality-integration"]
 

@@ -6,23 +6,16 @@ per-perspective and per-sub-category indexes."""
 from __future__ import annotations
 
 import datetime as dt
-import itertools
-import posixpath
 from pathlib import Path
 
 import pytest
 from pylatexenc.latexencode import UnicodeToLatexEncoder
 
-from pygments import highlight
-from pygments.formatters import HtmlFormatter
-from pygments.lexers import BibTeXLexer
 
-from moekb.bib import PlainTextShortcutEncoder, bibtex, bibtex_entries, highlighted_entry
+from moekb.bib import PlainTextShortcutEncoder, bibtex, bibtex_entries
 from moekb.errors import MoekbError
 from moekb.load import load_knowledge_base
 from moekb.source import OutsideFastSubset, fast_data, parse_text, round_trip_tree, to_plain
-from moekb.site import rel
-from moekb.synth import write_synthetic_corpus
 
 ROOT = Path(__file__).resolve().parents[2]
 YAML_FILES = sorted([*(ROOT / "papers").glob("*.yaml"), *(ROOT / "taxonomy").glob("*.yaml"),
@@ -93,13 +86,6 @@ def test_bibtex_in_one_pass_equals_one_entry_at_a_time():
     assert bibtex(kb.papers, kb.taxonomy) == "\n".join(entries.values())
 
 
-def test_relative_links_per_folder_pair_equal_relpath():
-    pages = ["index.md", "papers/a.md", "papers/index.md", "taxonomy/engine/index.md", "taxonomy/engine/x.md",
-             "gaps/g.md", "downloads/papers.bib", "snippets/home.md", "a/b/c/d.md"]
-    for source, target in itertools.product(pages, pages):
-        assert rel(source, target) == posixpath.relpath(target, posixpath.dirname(source) or ".")
-
-
 def test_indexes_equal_a_scan():
     kb = load_knowledge_base(ROOT)
     for perspective in kb.taxonomy.perspectives:
@@ -109,28 +95,3 @@ def test_indexes_equal_a_scan():
     kb.in_subcategory(kb.papers[0].subcategory).clear()  # a caller's list is its own
     assert kb.papers[0] in kb.in_subcategory(kb.papers[0].subcategory)
     assert kb.in_perspective("no-such-perspective") == []
-
-
-def pygments_bibtex(entry: str) -> str:
-    return highlight(entry, BibTeXLexer(), HtmlFormatter(nowrap=True))
-
-
-def test_bibtex_highlighting_equals_pygments_on_every_entry(tmp_path):
-    for papers in (None, write_synthetic_corpus(tmp_path / "papers", 300, seed=7, root=ROOT)):
-        kb = load_knowledge_base(ROOT, papers)
-        for paper_id, entry in bibtex_entries(kb.papers, kb.taxonomy).items():
-            entry = entry.rstrip()
-            assert highlighted_entry(entry) == pygments_bibtex(entry), paper_id
-    odd = '@misc{x2024y,\n  title = {{A <b> & {nested {braces}} \\"o "quoted"}},\n  year = {2024}\n}'
-    assert highlighted_entry(odd) == pygments_bibtex(odd)
-
-
-@pytest.mark.parametrize("entry", [
-    "@misc{x,\n  title = {a} {b},\n}",            # a value that closes early
-    "@misc{x,\n  title = {a,\n  year = {1}\n}",   # unbalanced
-    "@misc{x,\n  title = \"quoted\"\n}",          # not the shape bibtex_entries writes
-    "@comment{just a comment}",
-])
-def test_bibtex_highlighting_steps_aside_for_other_shapes(entry):
-    assert highlighted_entry(entry) is None
-

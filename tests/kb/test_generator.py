@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import json
 import re
 from pathlib import Path
@@ -12,11 +11,11 @@ import pytest
 from mkdocs.exceptions import PluginError
 
 from moekb.bib import parse_bibtex
-from moekb.build import CollectorPause, build, generate
+from moekb.build import build, generate
 from moekb.errors import MoekbError
 from moekb.load import load_knowledge_base
-from moekb.mkdocs_hook import on_build_error, on_pre_build
-from moekb.site import render_site
+from moekb.mkdocs_hook import on_pre_build
+from moekb.site import doc_link, href, render_site
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = (Path(__file__).parent / "bad_entries" / "cites-self" / "lovelace2024test.yaml").read_text()
@@ -53,12 +52,25 @@ def test_every_page_is_generated(small_project):
 def test_paper_page_links_identifiers_and_both_citation_directions(small_project):
     files = render_site(load_knowledge_base(small_project))
     citing, cited = files["papers/lovelace2024test.md"], files["papers/turing2024other.md"]
-    assert '<a href="https://arxiv.org/abs/2401.12345">abstract</a>' in citing
-    assert '<a href="https://arxiv.org/pdf/2401.12345">PDF</a>' in citing
-    assert ">Cites (1)<" in citing and '<a href="turing2024other.md">Routing Without Tears</a>' in citing
-    assert ">Cited by (1)<" in cited and '<a href="lovelace2024test.md">Experts for Everyone</a>' in cited
+    assert '<a href="https://arxiv.org/abs/2401.12345">https://arxiv.org/abs/2401.12345</a>' in citing
+    assert '<a href="https://arxiv.org/pdf/2401.12345">' in citing
+    assert "### Cites (1)" in citing and '<a href="../turing2024other/">Routing Without Tears</a>' in citing
+    assert "### Cited by (1)" in cited and '<a href="../lovelace2024test/">Experts for Everyone</a>' in cited
     assert '<span class="nc">@inproceedings</span><span class="p">{</span><span class="nl">lovelace2024test</span>' in citing
-    assert 'href="../taxonomy/adapter/missing-modality.md"' in cited
+    assert 'href="../../taxonomy/adapter/missing-modality/"' in cited
+    # no reference list was read for either entry: shown as unchecked, never as "cites nothing"
+    assert "Citations not checked" in citing and "Citations not checked" in cited
+
+
+def test_links_between_pages_are_directory_urls_for_html_and_files_for_markdown():
+    assert href("papers/a.md", "papers/b.md") == "../b/"
+    assert href("papers/index.md", "papers/b.md") == "b/"
+    assert href("papers/a.md", "taxonomy/engine/index.md") == "../../taxonomy/engine/"
+    assert href("taxonomy/engine/sparse-mllm.md", "index.md") == "../../../"
+    assert href("graph/index.md", "assets/javascripts/explorer.js") == "../assets/javascripts/explorer.js"
+    assert href("gaps/index.md", "gaps/x.md#engine") == "x/#engine"
+    assert doc_link("taxonomy/engine/index.md", "taxonomy/engine/sparse-mllm.md") == "sparse-mllm.md"
+    assert doc_link("gaps/index.md", "gaps/x.md#engine") == "x.md#engine"
 
 
 def test_gap_matrix_counts_papers_per_perspective(small_project):
@@ -72,7 +84,7 @@ def test_gap_matrix_counts_papers_per_perspective(small_project):
 def test_home_counts_and_latest_additions(small_project):
     snippet = render_site(load_knowledge_base(small_project))["snippets/home.md"]
     assert "| **All** |" in snippet and "**2**" in snippet
-    assert "(generated/papers/turing2024other.md)" in snippet
+    assert "(papers/turing2024other.md)" in snippet
 
 
 def test_contributor_text_is_escaped(make_project):
@@ -90,9 +102,10 @@ def test_bibtex_export_parses_back_with_the_same_keys():
     kb = load_knowledge_base(ROOT)
     library = parse_bibtex(render_site(kb)["downloads/papers.bib"])
     assert library.failed_blocks == []
-    assert [e.key for e in library.entries] == [p.id for p in kb.papers]
+    entries = [*kb.papers, *kb.surveys]
+    assert [e.key for e in library.entries] == [p.id for p in entries]
     by_key = {e.key: e for e in library.entries}
-    for paper in kb.papers:
+    for paper in entries:
         fields = by_key[paper.id].fields_dict
         assert fields["title"].value == paper.title
         assert fields["author"].value == " and ".join(paper.authors)
@@ -103,12 +116,26 @@ def test_json_export_holds_every_entry():
     kb = load_knowledge_base(ROOT)
     data = json.loads(render_site(kb)["downloads/papers.json"])
     assert [p["id"] for p in data["papers"]] == [p.id for p in kb.papers]
+    assert [p["id"] for p in data["surveys"]] == [p.id for p in kb.surveys]
     assert {p["id"] for p in data["perspectives"]} == {"engine", "learner", "adapter", "foundations"}
+    with_method = [p for p in data["papers"] if "method" in p]
+    assert with_method and all(isinstance(p["method"]["name"], str) for p in with_method)
+
+
+def test_csv_export_has_a_row_per_entry_and_the_method_columns():
+    import csv
+    import io
+
+    kb = load_knowledge_base(ROOT)
+    rows = list(csv.DictReader(io.StringIO(render_site(kb)["downloads/papers.csv"])))
+    assert [r["id"] for r in rows] == [p.id for p in [*kb.papers, *kb.surveys]]
+    limoe = next(r for r in rows if r["id"] == "mustafa2022limoe")
+    assert limoe["method.name"] == "LIMoE" and limoe["authors"].startswith("Basil Mustafa; Carlos Riquelme")
 
 
 def test_a_failed_build_leaves_the_previous_output(small_project):
     build(small_project)
-    generated = small_project / "docs" / "generated"
+    generated = small_project / "docs"
     before = {p: p.read_bytes() for p in generated.rglob("*") if p.is_file()}
     assert before
     (small_project / "papers" / "turing2024other.yaml").write_text("title: [unclosed\n")
@@ -126,43 +153,45 @@ def test_rebuild_writes_only_changes_and_removes_stale_pages(small_project):
     (small_project / "papers" / "lovelace2024test.yaml").unlink()
     _, written, removed = build(small_project)
     assert removed == 1  # the deleted paper's page
-    assert not (small_project / "docs/generated/papers/lovelace2024test.md").exists()
+    assert not (small_project / "docs/papers/lovelace2024test.md").exists()
+
+
+def test_build_never_touches_hand_written_pages(small_project):
+    guide = small_project / "docs" / "impls" / "guide.md"
+    guide.parent.mkdir(parents=True)
+    guide.write_text("# A guide\n")
+    (small_project / "docs" / "index.md").write_text("# Home\n")
+    build(small_project)
+    assert guide.read_text() == "# A guide\n" and (small_project / "docs" / "index.md").read_text() == "# Home\n"
 
 
 def test_mkdocs_hook_turns_invalid_input_into_a_plugin_error(small_project):
     (small_project / "papers" / "turing2024other.yaml").write_text("id: turing2024other\n")
     config = SimpleNamespace(config_file_path=str(small_project / "mkdocs.yml"))
-    thresholds = gc.get_threshold()
     with pytest.raises(PluginError, match=r"papers/turing2024other.yaml:1: missing required field 'title'"):
         on_pre_build(config)
-    assert gc.get_threshold()[0] >= CollectorPause.THRESHOLD  # paused for the build ...
-    on_build_error(error=PluginError("x"))  # ... until mkdocs reports the build failed
-    assert gc.get_threshold() == thresholds
-
-
-def test_the_collector_pause_restores_the_thresholds_and_nests():
-    before = gc.get_threshold()
-    with CollectorPause():
-        assert gc.get_threshold() == (max(CollectorPause.THRESHOLD, before[0]), *before[1:])
-        with CollectorPause():
-            pass
-        assert gc.get_threshold()[0] >= CollectorPause.THRESHOLD  # the inner pause left the outer one in place
-    assert gc.get_threshold() == before
 
 
 def test_generate_is_deterministic(small_project):
     assert generate(small_project)[1] == generate(small_project)[1]
 
 
-def test_perspective_pages_link_code_notebook_and_guide():
+def test_subcategory_pages_link_code_notebook_and_guide():
     kb = load_knowledge_base(ROOT)
     files = render_site(kb, implementations={"reference_impls/conf_gate.py": "x = 1\n"}, guides={"conf_gate.md"})
-    page = files["taxonomy/adapter/index.md"]
-    assert '<a href="../../code/conf_gate.md"><code>reference_impls/conf_gate.py</code></a>' in page
-    assert '<a href="../../../impls/conf_gate.md">guide</a>' in page
-    if "adapter_conf_gate.ipynb" in kb.notebooks:
-        assert '<a href="../../notebooks/adapter_conf_gate.md">' in page
-    sub = files["taxonomy/adapter/missing-modality.md"]  # a sub-category without its own links shows its perspective's
-    assert '<a href="../../code/conf_gate.md"><code>reference_impls/conf_gate.py</code></a>' in sub
-    assert ">guide</a>" not in render_site(kb, implementations={"reference_impls/conf_gate.py": "x = 1\n"})[
-        "taxonomy/adapter/index.md"]
+    page = files["taxonomy/adapter/missing-modality.md"]
+    assert "[reference_impls/conf\\_gate\\.py](../../code/conf_gate.md)" in page
+    assert "[guide](../../impls/conf_gate.md)" in page
+    bare = render_site(kb, implementations={"reference_impls/conf_gate.py": "x = 1\n"})["taxonomy/adapter/missing-modality.md"]
+    assert "[guide]" not in bare
+
+
+def test_a_paper_with_a_reference_implementation_links_to_it():
+    kb = load_knowledge_base(ROOT)
+    owners = [o for p in kb.taxonomy.perspectives for o in (p, *p.subcategories) if o.implements]
+    assert owners, "the taxonomy names the papers its implementations follow"
+    files = render_site(kb, implementations={o.reference_impl: "x = 1\n" for o in owners}, guides=set())
+    for owner in owners:
+        for paper_id in owner.implements:
+            page = files[f"papers/{paper_id}.md"]
+            assert "## Run it" in page and "../../code/" in page, paper_id

@@ -33,7 +33,7 @@ def taxonomy():
 def paper(paper_id: str, year: int, cites: list[str], *, perspective="engine", sub="sparse-mllm",
           modalities=("image", "text"), gaps=(), title=None) -> Paper:
     return Paper(id=paper_id, title=title or f"Title of {paper_id}", authors=["Ada Lovelace", "Alan Turing"],
-                 year=year, perspective=perspective, subcategory=sub, modalities=list(modalities),
+                 year=year, perspective=perspective, subcategory=sub, domain="general", modalities=list(modalities),
                  summary="A summary.", verified_from=["https://example.org/"], gaps=list(gaps), cites=cites)
 
 
@@ -179,8 +179,14 @@ def test_site_has_explorer_charts_and_graph_downloads(small_kb):
         svg = files[f"charts/{name}"]
         assert svg.lstrip().startswith("<?xml") and "<svg" in svg
         assert f"]({name})" in files["charts/index.md"]
-    assert ">Neighbourhood<" in files["papers/b2023x.md"] and ">Neighbourhood<" not in files["papers/d2021x.md"]
-    assert '<pre class="mermaid"><code>flowchart LR' in files["papers/b2023x.md"]
+    assert "### Neighbourhood" in files["papers/b2023x.md"] and "### Neighbourhood" not in files["papers/d2021x.md"]
+    svg = re.search(r"<svg.*?</svg>", files["papers/b2023x.md"], re.S).group()
+    # b is cited by a and e and cites c: each neighbour is a link to its page; b itself links to its own
+    assert sorted(re.findall(r'<a href="\.\./([a-z0-9]+)/">', svg)) == ["a2024x", "c2022x", "e2025x"]
+    assert svg.count('<a href="./">') == 1
+    # the explorer's library is loaded by the graph page alone
+    assert "cytoscape.min.js" in page
+    assert not any("cytoscape" in text for name, text in files.items() if name.endswith(".md") and name != "graph/index.md")
 
 
 def test_charts_count_what_the_corpus_holds(small_kb):
@@ -223,7 +229,7 @@ def test_real_corpus_graph_has_one_node_per_paper_and_one_edge_per_citation():
     kb = load_knowledge_base(ROOT)
     graph = citation_graph(kb)
     assert list(graph.nodes) == [p.id for p in kb.papers]
-    assert len(graph.edges) == sum(len(p.cites) for p in kb.papers)
+    assert len(graph.edges) == sum(1 for p in kb.papers for c in p.cites if c in kb.paper)  # surveys stay out
     assert list(to_networkx(graph).edges) == graph.edges  # the same order: exports diff cleanly
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
+from moekb.site import GENERATED_FOLDERS
+
 ROOT = Path(__file__).resolve().parents[2]
 LONG = "x" * 5000 + " " + "word " * 2000
 
@@ -49,10 +51,13 @@ HOSTILE_URL = "https://evil.example/\"><script>alert('pwn-url')</script>"
 def hostile_entry(paper_id: str, arxiv: str, title: str, summary: str, notes: str, cites: list[str]) -> dict:
     return {
         "id": paper_id, "title": title, "authors": [PAYLOADS["img"], PAYLOADS["bidi"], "Ada " + PAYLOADS["jinja"]],
-        "year": 2024, "perspective": "engine", "subcategory": "sparse-mllm", "modalities": ["image", "text"],
+        "year": 2024, "perspective": "engine", "subcategory": "sparse-mllm", "domain": "general", "modalities": ["image", "text"],
         "summary": summary, "arxiv": arxiv, "url": HOSTILE_URL, "code": "https://evil.example/<img/src=x/onerror=alert('pwn-code')>",
         "venue": "NeurIPS", "gaps": ["interpretable-routing"], "cites": cites, "bibtex_type": "inproceedings",
         "verified_from": [HOSTILE_URL, "https://arxiv.org/abs/" + arxiv], "notes": notes,
+        "method": {"name": PAYLOADS["script"] + PAYLOADS["bidi"], "routing": "token-choice-topk", "experts": 4, "top_k": 2,
+                   "base_models": [PAYLOADS["img"]], "weights": ["org/model", HOSTILE_URL]},
+        "references_from": HOSTILE_URL,
     }
 
 
@@ -81,8 +86,11 @@ class PageScan(HTMLParser):
         self.titles: list[str] = []
 
     def feed(self, data: str) -> None:
-        self.titles += TITLE.findall(data)
-        super().feed(TITLE.sub("<title></title", data))
+        # the document's <title> is in the head; inline SVG in the body has <title> tooltips of its own,
+        # which are foreign elements, not raw text
+        head, _, body = data.partition("<body")
+        self.titles += TITLE.findall(head)
+        super().feed(TITLE.sub("<title></title", head) + _ + body)
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
@@ -132,7 +140,7 @@ class LinkScan(HTMLParser):
 def hostile_site(tmp_path_factory) -> Path:
     project = tmp_path_factory.mktemp("hostile")
     shutil.copy(ROOT / "mkdocs.yml", project / "mkdocs.yml")
-    shutil.copytree(ROOT / "docs", project / "docs", ignore=shutil.ignore_patterns("generated", ".generated-*"))
+    shutil.copytree(ROOT / "docs", project / "docs", ignore=shutil.ignore_patterns(*GENERATED_FOLDERS))
     shutil.copytree(ROOT / "taxonomy", project / "taxonomy")
     (project / "moekb").mkdir()
     shutil.copy(ROOT / "moekb" / "mkdocs_hook.py", project / "moekb" / "mkdocs_hook.py")
@@ -160,7 +168,7 @@ def html_pages(site: Path) -> dict[str, str]:
 
 def test_no_live_script_link_image_or_handler_comes_from_contributor_text(hostile_site):
     pages = html_pages(hostile_site)
-    assert "generated/papers/evil2024pwn/index.html" in pages
+    assert "papers/evil2024pwn/index.html" in pages
     checked = 0
     for name, page in pages.items():
         scan = PageScan()
@@ -177,7 +185,7 @@ def test_no_live_script_link_image_or_handler_comes_from_contributor_text(hostil
 
 
 def test_hostile_text_is_shown_verbatim_as_text(hostile_site):
-    page = (hostile_site / "generated" / "papers" / "evil2024pwn" / "index.html").read_text(encoding="utf-8")
+    page = (hostile_site / "papers" / "evil2024pwn" / "index.html").read_text(encoding="utf-8")
     scan = PageScan()
     scan.feed(page)
     text = " ".join("".join(scan.text).split())
@@ -191,9 +199,11 @@ def test_hostile_text_is_shown_verbatim_as_text(hostile_site):
 
 
 def test_hostile_urls_are_not_links(hostile_site):
-    page = (hostile_site / "generated" / "papers" / "evil2024pwn" / "index.html").read_text(encoding="utf-8")
+    page = (hostile_site / "papers" / "evil2024pwn" / "index.html").read_text(encoding="utf-8")
     assert links_to(page, "evil.example") == []
-    assert html.escape(HOSTILE_URL, quote=False) in page or html.escape(HOSTILE_URL) in page
+    scan = PageScan()
+    scan.feed(page)
+    assert HOSTILE_URL in "".join(scan.text)  # shown, as text
     # The arXiv links built from a valid id stay links.
     assert "https://arxiv.org/abs/2401.12345" in links_to(page, "arxiv.org")
 

@@ -21,6 +21,7 @@ from moekb.cli import main
 from moekb.errors import MoekbError
 from moekb.identifiers import arxiv_year
 from moekb.load import load_knowledge_base, load_taxonomy
+from moekb.site import GENERATED_FOLDERS
 from moekb.synth import synthetic_corpus, write_synthetic_corpus
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -144,7 +145,7 @@ def build_site(corpus: Path, project: Path, **env: str) -> Path:
     """`MOEKB_PAPERS=<corpus> mkdocs build --strict` in a copy of the project."""
     project.mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "mkdocs.yml", project / "mkdocs.yml")
-    shutil.copytree(ROOT / "docs", project / "docs", ignore=shutil.ignore_patterns("generated", ".generated-*"))
+    shutil.copytree(ROOT / "docs", project / "docs", ignore=shutil.ignore_patterns(*GENERATED_FOLDERS))
     for name in ("taxonomy", "moekb", "notebooks", "reference_impls", "papers"):
         if (ROOT / name).exists():
             (project / name).symlink_to(ROOT / name)
@@ -161,86 +162,50 @@ def built_site(corpus, tmp_path_factory) -> Path:
     return build_site(corpus, tmp_path_factory.mktemp("project"))
 
 
-def test_pages_sharing_the_chrome_html_equal_pages_rendering_their_own(built_site, corpus, tmp_path):
-    """moekb.shared_chrome renders the theme's chrome once for all paper pages: the same pages, up
-    to whitespace (collapsed in the shared partials), which HTML renders alike."""
-    unshared = build_site(corpus, tmp_path / "project", MOEKB_SHARED_CHROME="0")
-    ours = {p.relative_to(built_site): p for p in built_site.rglob("*.html")}
-    theirs = {p.relative_to(unshared): p for p in unshared.rglob("*.html")}
-    assert ours.keys() == theirs.keys()
-    shrunk = 0
-    for name, page in ours.items():
-        mine, reference = page.read_text(encoding="utf-8"), theirs[name].read_text(encoding="utf-8")
-        assert re.sub(r"\s+", " ", mine) == re.sub(r"\s+", " ", reference), name
-        code = re.compile(r"<pre.*?</pre>", re.S)
-        assert code.findall(mine) == code.findall(reference), name  # code blocks kept as they are
-        shrunk += len(mine) < len(reference)
-    assert sum(1 for name in ours if name.parts[:2] == ("generated", "papers")) == N + 1
-    assert shrunk >= N  # every paper page is smaller
-
-
 def test_mkdocs_builds_the_synthetic_corpus(built_site, kb):
     for paper in kb.papers:
-        assert (built_site / "generated" / "papers" / paper.id / "index.html").is_file()
-    listing = (built_site / "generated" / "papers" / "index.html").read_text(encoding="utf-8")
-    assert f"{N} papers" in listing
+        assert (built_site / "papers" / paper.id / "index.html").is_file()
+    listing = (built_site / "papers" / "index.html").read_text(encoding="utf-8")
+    assert f"{N} method papers" in listing
+    assert not list(built_site.rglob("generated"))  # no /generated/ in any URL
     sizes = [page.stat().st_size for page in built_site.rglob("*.html")]
     assert max(sizes) < 2 * 1024 * 1024
 
 
-def test_each_paper_has_one_search_entry_made_from_the_knowledge_base(built_site, kb):
+def test_the_engines_own_search_indexes_every_paper_page(built_site, kb):
+    """No entries are added after the build: the theme's search plugin reads the paper pages themselves,
+    so a paper is found by its title, authors, method name and arXiv id."""
     index = json.loads((built_site / "search" / "search_index.json").read_text(encoding="utf-8"))
-    paper_docs = [d for d in index["docs"] if d["location"].startswith("generated/papers/")
-                  and d["location"] != "generated/papers/"]
-    assert sorted(d["location"] for d in paper_docs) == sorted(f"generated/papers/{p.id}/" for p in kb.papers)
-    paper = kb.papers[0]
-    entry = next(d for d in paper_docs if d["location"] == f"generated/papers/{paper.id}/")
-    assert entry["title"] == paper.title
-    assert html.escape(paper.authors[0]) in entry["text"] and str(paper.year) in entry["text"]
-    assert paper.summary.split(".")[0] in entry["text"]
-    # the theme's plugin no longer parses paper pages: no section entries (#bibtex, #sources...)
-    assert not any("#" in d["location"] for d in paper_docs)
-
-
-def test_listing_pages_have_one_search_entry_each_without_their_tables(built_site, kb):
-    index = json.loads((built_site / "search" / "search_index.json").read_text(encoding="utf-8"))
-    by_location = {}
+    pages = {d["location"] for d in index["docs"] if "#" not in d["location"]}
+    assert {f"papers/{p.id}/" for p in kb.papers} <= pages
+    text = {}
     for doc in index["docs"]:
-        by_location.setdefault(doc["location"].split("#")[0], []).append(doc)
-    perspective = kb.taxonomy.perspectives[0]
-    sub = perspective.subcategories[0]
-    gap = kb.taxonomy.gaps[0]
-    for location, title, text in [
-        (f"generated/taxonomy/{perspective.id}/{sub.id}/", sub.name, f"{len(kb.in_subcategory(sub.id))} papers"),
-        (f"generated/taxonomy/{perspective.id}/", perspective.name, html.escape(perspective.definition[:40])),
-        (f"generated/gaps/{gap.id}/", gap.name, html.escape(gap.description[:40])),
-        ("generated/papers/", "All papers", f"{N} papers"),
-        ("generated/graph/", "Citation graph", f"{N} papers"),
-        ("generated/code/moe/", "reference_impls/moe.py", "def expert_capacity("),  # the source, not its HTML
-    ]:
-        [doc] = by_location[location]  # one entry: no section entries, no table rows
-        assert doc["title"] == html.escape(title) and text in doc["text"], location
-        assert kb.papers[0].title not in doc["text"]
-    assert "generated/gaps/" in by_location  # the small gap matrix is still indexed by the theme
+        text.setdefault(doc["location"].split("#")[0], []).append(doc["title"] + " " + doc["text"])
+    for paper in kb.papers[:20]:
+        words = " ".join(text[f"papers/{paper.id}/"])
+        assert html.escape(paper.authors[-1]) in words and str(paper.year) in words
+        if paper.arxiv:
+            assert paper.arxiv in words
+        if paper.method:
+            assert html.escape(paper.method.name) in words
 
 
 def test_perspective_pages_stay_short_as_the_corpus_grows(tmp_path):
-    from moekb.site import FILTER_BOX, PAPERS_PER_SUBCATEGORY_ON_PERSPECTIVE, render_site
+    from moekb.site import PAPERS_PER_SUBCATEGORY_ON_PERSPECTIVE, render_site
 
     kb = load_knowledge_base(ROOT, write_synthetic_corpus(tmp_path / "big", 300, seed=1, root=ROOT))
     files = render_site(kb)
     for perspective in kb.taxonomy.perspectives:
         page = files[f"taxonomy/{perspective.id}/index.md"]
-        rows = page.count('<tr><td><a href="../../papers/')
+        rows = page.count('><td><a href="../../papers/')
         assert rows == sum(min(len(kb.in_subcategory(s.id)), PAPERS_PER_SUBCATEGORY_ON_PERSPECTIVE)
                            for s in perspective.subcategories)
         for sub in perspective.subcategories:
             n = len(kb.in_subcategory(sub.id))
             if n > PAPERS_PER_SUBCATEGORY_ON_PERSPECTIVE:
-                assert f"[all {n} papers]({sub.id}.md)" in page
+                assert f"[all {n}]({sub.id}.md)" in page
             sub_page = files[f"taxonomy/{perspective.id}/{sub.id}.md"]
-            assert sub_page.count('<tr><td><a href="../../papers/') == n
-            assert FILTER_BOX in sub_page, "a long sub-category list can be filtered"
+            assert sub_page.count('><td><a href="../../../papers/') == n
 
 
 class Hrefs(HTMLParser):
@@ -261,9 +226,9 @@ def internal_targets(page: Path) -> list[str]:
 
 
 def test_every_link_on_a_generated_page_reaches_a_built_page(built_site, kb):
-    """Paper pages are HTML rendered without Markdown (moekb.prerendered), and listing pages hold
-    raw-HTML tables whose .md links the hook rewrites: every such link still reaches a page."""
-    pages = sorted((built_site / "generated").rglob("index.html"))
+    """HTML blocks carry directory URLs the generator computed, Markdown links are resolved by the
+    engine: every link on every built page reaches a built page or file."""
+    pages = sorted(built_site.rglob("index.html"))
     assert len(pages) > N
     for page in pages:
         for href in internal_targets(page):
@@ -272,9 +237,9 @@ def test_every_link_on_a_generated_page_reaches_a_built_page(built_site, kb):
         html = page.read_text(encoding="utf-8")
         assert not re.search(r'href="[^":]*\.md[#"]', html), page  # no link left pointing at a source file
     for paper in kb.papers[:5]:
-        html = (built_site / "generated" / "papers" / paper.id / "index.html").read_text(encoding="utf-8")
+        html = (built_site / "papers" / paper.id / "index.html").read_text(encoding="utf-8")
         assert 'aria-label="Table of contents"' in html and 'href="#bibtex" class="md-nav__link"' in html
-    listing = (built_site / "generated" / "papers" / "index.html").read_text(encoding="utf-8")
-    assert listing.count('<tr><td><a href="') == N
-    notebook = built_site / "generated" / "notebooks" / "engine_moe_llava" / "index.html"
+    listing = (built_site / "papers" / "index.html").read_text(encoding="utf-8")
+    assert listing.count('><td><a href="') == N
+    notebook = built_site / "notebooks" / "engine_moe_llava" / "index.html"
     assert [t for t in internal_targets(notebook) if t.endswith(".png")], "the notebook's figures are linked files"

@@ -10,7 +10,7 @@ import pytest
 
 from moekb.cli import main
 from moekb.errors import MoekbError
-from moekb.load import load_knowledge_base
+from moekb.load import load_knowledge_base, load_taxonomy
 
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
@@ -133,3 +133,26 @@ def test_a_file_only_the_line_parser_refuses_does_not_hide_other_problems(make_p
     with pytest.raises(MoekbError) as info:
         load_knowledge_base(project)
     assert [p.path for p in info.value.problems] == ["papers/a.yaml", "papers/b.yaml"]
+
+
+def test_every_sub_category_names_a_runnable_implementation_and_its_papers():
+    """Each branch of the taxonomy links to code that runs (foundations may point at the core)."""
+    taxonomy = load_taxonomy(ROOT)
+    for perspective in taxonomy.perspectives:
+        for sub in perspective.subcategories:
+            assert sub.reference_impl and (ROOT / sub.reference_impl).is_file(), sub.id
+            if not perspective.background:
+                assert sub.notebook and (ROOT / sub.notebook).is_file(), sub.id
+
+
+def test_the_taxonomy_names_missing_files_and_unknown_papers(make_project, tmp_path):
+    project = make_project({"lovelace2024test.yaml": VALID})
+    (project / "reference_impls").mkdir()  # a project with implementations gets its links checked
+    text = (project / "taxonomy" / "perspectives.yaml").read_text()
+    (project / "taxonomy" / "perspectives.yaml").write_text(
+        text.replace("implements: [lin2024moellava]", "implements: [nobody2024x]"))
+    with pytest.raises(MoekbError) as info:
+        load_knowledge_base(project)
+    messages = [str(p) for p in info.value.problems]
+    assert any("implements: no entry has the id 'nobody2024x'" in m for m in messages)
+    assert any("reference_impl: no file reference_impls/moe_llava.py in the project" in m for m in messages)
