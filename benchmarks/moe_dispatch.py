@@ -3,8 +3,9 @@
 For (tokens, experts, k) = (4096, 8, 2), (512, 8, 2), (256, 64, 2), d_model 512, d_hidden 1024, fp32,
 this times forward and forward+backward of
 
-* ``SparseMoE``            the library layer as shipped (``expert_backend="auto"``), and in a second table
-                           the same layer with each expert backend forced: ``grouped_mm``, ``padded_bmm``, ``loop``;
+* ``SparseMoE``            the library layer as shipped (``expert_backend="auto"``: grouped_mm where the kernel
+                           takes the device, dtype and widths, else the loop), and in a second table the same
+                           layer with each path forced: ``grouped_mm`` (where it can run), ``loop``;
 * ``masked loop``          the naive baseline: for each expert, mask its tokens, gather, FFN, ``index_add``;
 * ``padded bmm``           capacity-padded ``[E, C, d]`` buffers (C = the largest expert count, so nothing
                            is dropped) and one ``baddbmm`` per matrix, GShard/DeepSpeed-style buffers filled
@@ -13,6 +14,11 @@ this times forward and forward+backward of
 * ``weights floor``        the time to stream every expert's weights (``2 E d h`` floats) from memory: read
                            once for the forward; read, read again and write as many gradient bytes for
                            forward+backward. The memory-bound limit, which binds with few tokens per expert.
+
+A third table times the rest of the routing family, each against its own dense equivalent (a dense FFN
+doing the same expert FLOPs per token): ``ExpertChoiceMoE`` (capacity factor c = 2, so c experts per
+token on average: dense width c*h), ``SoftMoE`` (one slot per expert, as many slots as tokens: dense
+width h), and ``SparseMoE`` with one shared expert (dense width (k+1)*h).
 
 All variants use the same weights and the same routing function (``reference_impls.moe.route``, dropless),
 are measured in one run, and report the minimum over repeats (the 2-core CPU is shared, so the minimum is
@@ -33,7 +39,8 @@ import time
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from reference_impls.moe import ACTIVATIONS, FeedForward, SparseMoE, route  # noqa: E402
+from reference_impls.moe import (  # noqa: E402
+    ACTIVATIONS, ExpertChoiceMoE, FeedForward, SoftMoE, SparseMoE, grouped_mm_available, route)
 
 CONFIGS = [(4096, 8, 2), (512, 8, 2), (256, 64, 2)]
 D_MODEL, D_HIDDEN = 512, 1024
@@ -135,7 +142,10 @@ def main() -> None:
     for tokens, experts, k in [CONFIGS[i] for i in args.config] if args.config else CONFIGS:
         moe = SparseMoE(D_MODEL, D_HIDDEN, experts, k).to(device, dtype)
         forced = {}
-        for backend in ("grouped_mm", "padded_bmm", "loop"):
+        probe = torch.empty(1, D_MODEL, device=device, dtype=dtype)
+        for backend in ("grouped_mm", "loop"):
+            if backend == "grouped_mm" and not grouped_mm_available(probe, D_HIDDEN):
+                continue
             forced[backend] = SparseMoE(D_MODEL, D_HIDDEN, experts, k, expert_backend=backend).to(device, dtype)
             forced[backend].load_state_dict(moe.state_dict())
         dense = FeedForward(D_MODEL, k * D_HIDDEN).to(device, dtype)
@@ -148,9 +158,7 @@ def main() -> None:
         }
         for backend, m in forced.items():
             variants[f"[{backend}]"] = ((lambda mm: lambda v: mm(v).output)(m), list(m.parameters()))
-        with torch.no_grad():
-            out = moe(x)
-            chosen = moe.experts.choose_backend(x, out.expert_counts)
+        chosen = moe.experts.choose_backend(x)
         fns = {}
         for name, (forward, params) in variants.items():
             fns[(name, 0)], fns[(name, 1)] = fwd_and_fwd_bwd(forward, params, x)
@@ -172,7 +180,8 @@ def main() -> None:
             print(f"{str(cfg):>14} | " + " | ".join(f"{t[n][0]:7.1f} / {t[n][1]:7.1f}" for n in names))
 
     table(["SparseMoE", "masked loop", "padded bmm", "dense k*h", "weights floor"], "ms, fwd / fwd+bwd")
-    table(["[grouped_mm]", "[padded_bmm]", "[loop]"], "SparseMoE with each expert backend forced, ms, fwd / fwd+bwd")
+    table([n for n in ("[grouped_mm]", "[loop]") if n in rows[0][1]], "SparseMoE with each path forced, ms, fwd / fwd+bwd")
+    family(args, device, dtype, repeats, warmup)
 
     print("\nratios (fwd / fwd+bwd)")
     for (tokens, experts, k), t, chosen in rows:
@@ -187,6 +196,36 @@ def main() -> None:
         print(f"  ({tokens}, {experts}, {k}), expert backend chosen by auto: {chosen}")
         for name, (f, fb) in parts:
             print(f"    {name:<42} {f:5.2f} / {fb:5.2f}")
+
+def family(args, device, dtype, repeats: int, warmup: int) -> None:
+    """The routing family against dense equivalents, at (tokens, experts) = (4096, 8)."""
+    tokens, experts = 4096, 8
+    x = torch.randn(tokens, D_MODEL, device=device, dtype=dtype, requires_grad=True)
+    ec = ExpertChoiceMoE(D_MODEL, D_HIDDEN, experts, capacity_factor=2.0).to(device, dtype)
+    soft = SoftMoE(D_MODEL, D_HIDDEN, experts).to(device, dtype)
+    shared = SparseMoE(D_MODEL, D_HIDDEN, experts, 2, num_shared_experts=1).to(device, dtype)
+    group = tokens // experts  # Soft MoE: groups of m = E tokens, one slot per expert: n*p = m slots
+    soft_x = x.detach().view(group, experts, D_MODEL).requires_grad_()
+    dense = {w: FeedForward(D_MODEL, w * D_HIDDEN).to(device, dtype) for w in (1, 2, 3)}
+    variants = {
+        "ExpertChoiceMoE (c=2)": (lambda v: ec(v).output, list(ec.parameters()), x),
+        "dense 2h": (dense[2], list(dense[2].parameters()), x),
+        "SoftMoE (p=1, m=E)": (lambda v: soft(v).output, list(soft.parameters()), soft_x),
+        "dense h": (dense[1], list(dense[1].parameters()), x),
+        "SparseMoE k=2 + 1 shared": (lambda v: shared(v).output, list(shared.parameters()), x),
+        "dense 3h": (dense[3], list(dense[3].parameters()), x),
+    }
+    fns = {}
+    for name, (forward, params, inp) in variants.items():
+        fns[(name, 0)], fns[(name, 1)] = fwd_and_fwd_bwd(forward, params, inp)
+    best = min_times(fns, repeats, warmup)
+    print(f"\nthe routing family at {tokens} tokens, {experts} experts, ms (fwd / fwd+bwd), and the ratio to its dense equivalent")
+    for name, reference in (("ExpertChoiceMoE (c=2)", "dense 2h"), ("SoftMoE (p=1, m=E)", "dense h"),
+                            ("SparseMoE k=2 + 1 shared", "dense 3h")):
+        ours, theirs = (best[(name, 0)], best[(name, 1)]), (best[(reference, 0)], best[(reference, 1)])
+        print(f"  {name:<26} {ours[0]:7.1f} / {ours[1]:7.1f}   {reference:<9} {theirs[0]:7.1f} / {theirs[1]:7.1f}"
+              f"   ratio {ours[0] / theirs[0]:5.2f} / {ours[1] / theirs[1]:5.2f}")
+
 
 if __name__ == "__main__":
     main()

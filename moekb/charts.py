@@ -181,7 +181,7 @@ def neighbourhood_svg(paper, cited_by: list, cites: list, *, more: tuple[int, in
         name = label(p)
         short = name if len(name) <= 26 else name[:25] + "…"
         weight = ' font-weight="bold"' if bold else ""
-        return (f'<a href="{escape(href(p))}"><title>{inert_html(p.title)} ({p.year})</title>'
+        return (f'<a href="{escape(href(p))}" target="_top"><title>{inert_html(p.title)} ({p.year})</title>'
                 f'<rect x="{x:.1f}" y="{y - 10:.1f}" width="{box:.0f}" height="20" rx="4" fill="none" '
                 f'stroke="currentColor" stroke-opacity="0.45"/>'
                 f'<text x="{x + box / 2:.1f}" y="{y + 4:.1f}" {FONT} font-size="12" fill="currentColor" '
@@ -204,9 +204,10 @@ def neighbourhood_svg(paper, cited_by: list, cites: list, *, more: tuple[int, in
     column(cites, width - box - 8, more[1], left=False)
     body.append(node(width / 2 - box / 2, centre_y, paper, bold=True))
     return "\n".join([
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width:.0f} {height:.0f}" role="img" '
-        f'class="moekb-neighbourhood-svg" style="max-width:100%;height:auto">',
+        '<?xml version="1.0" encoding="utf-8"?>',
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
+        f'viewBox="0 0 {width:.0f} {height:.0f}" role="img" color="{INK}">',
         f"<title>Citation neighbourhood of {inert_html(paper.title)}</title>",
         '<defs><marker id="moekb-arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="6" markerHeight="6" '
         'orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="currentColor" fill-opacity="0.5"/></marker></defs>',
-        *body, "</svg>"])
+        *body, "</svg>", ""])

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from moekb.add import add_arguments, cmd_add
 from moekb.build import build, papers_dir_from_env
+from moekb.identifiers import source_kind
 from moekb.errors import MoekbError
 from moekb.graph import citation_graph, cycle_warnings, summarise
 from moekb.load import load_knowledge_base, load_taxonomy, project_root
@@ -42,26 +43,41 @@ def cmd_stats(args) -> int:
     root = project_root(args.root)
     kb = load_knowledge_base(root, args.papers or papers_dir_from_env(root))
     tax = kb.taxonomy
-    print(f"{len(kb.papers)} papers\n\nPapers per perspective and sub-category:")
+
+    def table(title: str, counts: Counter, ids: list[str], width: int = 28) -> None:
+        print(f"\n{title}:")
+        for ident in ids:
+            print(f"  {ident:<{width}} {counts[ident]:>4}")
+
+    print(f"{len(kb.papers)} papers and {len(kb.surveys)} surveys\n\nPapers per perspective and sub-category:")
     for perspective in tax.perspectives:
         print(f"  {perspective.id:<12} {len(kb.in_perspective(perspective.id)):>4}")
         for sub in perspective.subcategories:
             print(f"    {sub.id:<28} {len(kb.in_subcategory(sub.id)):>4}")
     gaps = Counter(g for p in kb.papers for g in p.gaps)
-    print("\nPapers per research gap:")
-    for gap in tax.gaps:
-        print(f"  {gap.id:<24} {gaps[gap.id]:>4}")
+    domains = Counter(p.domain for p in kb.papers)
+    table("Papers per research gap", gaps, [g.id for g in tax.gaps])
+    table("Papers per domain", domains, [d.id for d in tax.vocabularies.domains])
     years = Counter(p.year for p in kb.papers)
-    print("\nPapers per year:")
-    for year in sorted(years):
-        print(f"  {year} {years[year]:>4}")
+    table("Papers per year", years, sorted(years), width=6)
+    entries = [*kb.papers, *kb.surveys]
+    checked = sum(1 for p in entries if p.citations_checked)
+    primary = sum(1 for p in entries if any(source_kind(u) == "primary" for u in p.verified_from))
+    with_method = sum(1 for p in kb.papers if p.method)
+    edges = sum(1 for p in kb.papers for c in p.cites if c in kb.paper)
+    print(f"\nSources and citations: {primary} of {len(entries)} entries list a primary page; "
+          f"{checked} record where their reference list was read (references_from); "
+          f"{with_method} of {len(kb.papers)} papers have method facts; {edges} citation edges.")
     multimodal = [p for p in kb.papers if not tax.perspective[p.perspective].background]
     thin = [s.id for p in tax.perspectives for s in p.subcategories if len(kb.in_subcategory(s.id)) < args.min_per_subcategory]
     thin_gaps = [g.id for g in tax.gaps if gaps[g.id] < args.min_per_gap]
+    thin_domains = [d for d, n in domains.items() if n < args.min_per_domain]
     print(f"\nCoverage: {len(multimodal)} multimodal papers (minimum {args.min_multimodal}); "
           f"sub-categories under {args.min_per_subcategory}: {', '.join(thin) or 'none'}; "
-          f"gaps under {args.min_per_gap}: {', '.join(thin_gaps) or 'none'}")
-    return 1 if args.check and (thin or thin_gaps or len(multimodal) < args.min_multimodal) else 0
+          f"gaps under {args.min_per_gap}: {', '.join(thin_gaps) or 'none'}; "
+          f"domains in use under {args.min_per_domain}: {', '.join(sorted(thin_domains)) or 'none'}")
+    failed = thin or thin_gaps or thin_domains or len(multimodal) < args.min_multimodal
+    return 1 if args.check and failed else 0
 
 
 def cmd_schema(args) -> int:
@@ -119,9 +135,10 @@ def parser() -> argparse.ArgumentParser:
     papers_option(sub.add_parser("build", help="validate, then write the generated pages into docs/ (nothing is written on error)")).set_defaults(func=cmd_build)
     stats = papers_option(sub.add_parser("stats", help="papers per perspective, sub-category, gap and year"))
     stats.add_argument("--check", action="store_true", help="exit 1 when a coverage minimum is not met")
-    stats.add_argument("--min-multimodal", type=int, default=60)
-    stats.add_argument("--min-per-subcategory", type=int, default=3)
-    stats.add_argument("--min-per-gap", type=int, default=5)
+    stats.add_argument("--min-multimodal", type=int, default=200)
+    stats.add_argument("--min-per-subcategory", type=int, default=5)
+    stats.add_argument("--min-per-gap", type=int, default=8)
+    stats.add_argument("--min-per-domain", type=int, default=3, help="for every domain that is in use")
     stats.set_defaults(func=cmd_stats)
     schema = sub.add_parser("schema", help=f"write the paper JSON Schema (default {SCHEMA_PATH}; '-' for stdout)")
     schema.add_argument("output", nargs="?", default=None)

@@ -19,14 +19,11 @@ import datetime as dt
 import json
 import posixpath
 from collections import Counter
-from functools import cached_property, partial
+from functools import cached_property, lru_cache, partial
 from pathlib import Path
 
 import jinja2
 from markupsafe import Markup
-from pygments import highlight
-from pygments.formatters import HtmlFormatter
-from pygments.lexers import BibTeXLexer
 
 from moekb import markup
 from moekb.bib import bibtex_entries, join_entries
@@ -58,6 +55,12 @@ HUB = "https://huggingface.co/"
 # -- where pages live, and the links between them ---------------------------------------------
 def paper_path(paper_id: str) -> str:
     return f"papers/{paper_id}.md"
+
+
+def neighbourhood_path(paper_id: str) -> str:
+    """The paper's citation neighbourhood diagram, a file of its own: an inline SVG made every paper
+    page several times slower for both engines to parse, and an <object> keeps its links live."""
+    return f"papers/{paper_id}.svg"
 
 
 def perspective_path(perspective_id: str) -> str:
@@ -104,11 +107,24 @@ def href(source: str, target: str) -> str:
 
     A page's URL ends with ``/``, so the browser resolves its links against that folder."""
     target, _, fragment = target.partition("#")
-    there = url_of(target)
-    relative = posixpath.relpath(there.rstrip("/") or ".", url_of(source).rstrip("/") or ".")
-    if there.endswith("/") or there == "":
-        relative = "./" if relative == "." else relative + "/"
+    relative = _relative_url(url_of(source).rstrip("/"), url_of(target))
     return f"{relative}#{fragment}" if fragment else relative
+
+
+@lru_cache(maxsize=1 << 16)
+def _relative_url(here: str, there: str) -> str:
+    # tens of thousands of links at scale, between a few hundred folders: posixpath.relpath is the cost
+    folder, _, name = there.rstrip("/").rpartition("/")
+    up = _relative_folder(folder, here)
+    relative = name if up == "." else (f"{up}/{name}" if name else up)
+    if there.endswith("/") or there == "":
+        relative = "./" if relative in (".", "") else relative + "/"
+    return relative
+
+
+@lru_cache(maxsize=4096)
+def _relative_folder(target_folder: str, source_folder: str) -> str:
+    return posixpath.relpath(target_folder or ".", source_folder or ".")
 
 
 def doc_link(source: str, target: str) -> str:
@@ -141,7 +157,6 @@ TEMPLATES.filters["text"] = text_filter
 TEMPLATES.filters["external"] = external
 TEMPLATES.globals.update(paper_path=paper_path, perspective_path=perspective_path, subcategory_path=subcategory_path,
                          gap_path=gap_path)
-BIBTEX_LEXER, BIBTEX_FORMAT = BibTeXLexer(), HtmlFormatter(nowrap=True)
 
 
 def link(url: str, label) -> Markup:
@@ -232,6 +247,16 @@ class SiteRenderer:
             h=partial(href, source), rows=self.table_rows(source, papers, columns), columns=columns,
             numeric={"Year", "Experts", "Top-k", "Shared", "Total (B)", "Active (B)"}, filters=options, years=years)
 
+    def neighbourhood(self, paper: Paper) -> str | None:
+        cites = [self.kb.paper[i] for i in paper.cites if i in self.kb.paper]
+        cited_by = [self.kb.paper[i] for i in self.kb.cited_by.get(paper.id, [])]
+        if not (cites or cited_by):
+            return None
+        # the SVG is opened from papers/<id>.svg, so its links are relative to papers/
+        return neighbourhood_svg(paper, cited_by[:NEIGHBOURS_IN_DIAGRAM], cites[:NEIGHBOURS_IN_DIAGRAM],
+                                 more=(len(cited_by) - NEIGHBOURS_IN_DIAGRAM, len(cites) - NEIGHBOURS_IN_DIAGRAM),
+                                 href=lambda p: f"{p.id}/")
+
     # -- pages ----------------------------------------------------------------------------
     def paper_page(self, paper: Paper) -> str:
         source = paper_path(paper.id)
@@ -244,17 +269,12 @@ class SiteRenderer:
         for url in paper.verified_from:
             groups["Primary sources" if source_kind(url) == "primary" else "Other sources"].append(url)
         run_it = [item for owner in self.implemented_by.get(paper.id, []) for item in self.run_it(owner)]
-        neighbourhood = ""
-        if cites or cited_by:
-            neighbourhood = Markup(neighbourhood_svg(
-                paper, cited_by[:NEIGHBOURS_IN_DIAGRAM], cites[:NEIGHBOURS_IN_DIAGRAM],
-                more=(len(cited_by) - NEIGHBOURS_IN_DIAGRAM, len(cites) - NEIGHBOURS_IN_DIAGRAM),
-                href=lambda p: href(source, paper_path(p.id))))
+        neighbourhood = neighbourhood_path(paper.id) if cites or cited_by else ""
         return self.page(
             "paper.html", source, paper.title, paper=paper, perspective=perspective, sub=sub, venue=self.venue(paper),
             method=method_rows(paper.method, self.tax, hub=HUB) if paper.method else [],
             run_it=run_it, links=[(label, url) for label, url in links if url], cites=cites, cited_by=cited_by,
-            neighbourhood=neighbourhood, bibtex=Markup(highlight(markup.reveal_hidden(self.bibtex[paper.id]), BIBTEX_LEXER, BIBTEX_FORMAT)),
+            neighbourhood=neighbourhood, bibtex=Markup(markup.fence(self.bibtex[paper.id], "bibtex")),
             sources=[(group, urls) for group, urls in groups.items() if urls])
 
     def all_papers(self) -> str:
@@ -547,6 +567,9 @@ def render_site(kb: KnowledgeBase, *, implementations: dict[str, str] | None = N
         files[gap_path(gap.id)] = site.gap_page(gap)
     for paper in [*kb.papers, *kb.surveys]:
         files[paper_path(paper.id)] = site.paper_page(paper)
+        svg = site.neighbourhood(paper)
+        if svg:
+            files[neighbourhood_path(paper.id)] = svg
     for module, source_text in sorted(site.implementations.items()):
         files[code_path(module)] = site.code_page(module, source_text)
     for name, notebook_text in kb.notebooks.items():

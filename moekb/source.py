@@ -87,6 +87,7 @@ class OutsideFastSubset(Exception):
 TAG = "tag:yaml.org,2002:"
 PLAIN_INT = re.compile(r"[-+]?(?:0|[1-9][0-9]*)")
 PLAIN_DATE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
+PLAIN_FLOAT = re.compile(r"[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)")  # the decimals entries hold (params_total: 12.5)
 
 
 def fast_value(node: Any) -> Any:
@@ -102,6 +103,8 @@ def fast_value(node: Any) -> Any:
             return value in ("true", "True", "TRUE")
         if tag == TAG + "int" and PLAIN_INT.fullmatch(value):
             return int(value)
+        if tag == TAG + "float" and PLAIN_FLOAT.fullmatch(value):
+            return float(value)
         if tag == TAG + "timestamp" and (match := PLAIN_DATE.fullmatch(value)):
             return dt.date(*map(int, match.groups()))
         raise OutsideFastSubset(tag)

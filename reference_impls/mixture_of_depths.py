@@ -75,6 +75,10 @@ Where this simplifies
 * The BCE targets are the top-C memberships of the same forward pass (detached).
 * ``selection="random"`` is a control, not a method: C skippable tokens chosen uniformly at random per
   sequence (router weights still scale their outputs).
+* ``selection_noise`` (default 0) is not in the paper: Gaussian noise added to the router scores for
+  the top-C ranking, in training only, as exploration. A token that is never selected gets no gradient,
+  so a router that starts by ranking the informative tokens last may never learn otherwise; in
+  ``notebooks/engine_mixture_of_depths.ipynb`` this happened to 1 seed of 3 without the noise.
 
 Shapes: ``B`` sequences, ``S`` tokens each, ``d`` model width, ``h`` MLP hidden width, ``n`` skippable
 tokens per sequence, ``C = ceil(capacity * n)``, ``K`` processed tokens per sequence (always-processed
@@ -122,6 +126,8 @@ class MoDBlock(nn.Module):
             no gradient from the task).
         selection: ``"learned"`` (top-C by ``r``) or ``"random"`` (control: C random skippable tokens).
         predictor_hidden: hidden width of the causal predictor MLP ``d -> p -> 1`` (default ``d``).
+        selection_noise: std of Gaussian noise added to the router scores *for the top-C ranking only*,
+            in training only (default 0: MoD has none). The output is still scaled by the clean ``r``.
         activation: the MLP's activation.
     """
 
@@ -138,6 +144,7 @@ class MoDBlock(nn.Module):
         scale_by_router: bool = True,
         selection: Selection = "learned",
         predictor_hidden: int | None = None,
+        selection_noise: float = 0.0,
         activation: str = "gelu",
     ):
         super().__init__()
@@ -152,6 +159,7 @@ class MoDBlock(nn.Module):
         self.d_model, self.n_heads, self.d_hidden = d_model, n_heads, d_hidden
         self.capacity, self.causal, self.scale = capacity, causal, scale
         self.router_weight, self.scale_by_router, self.selection = router_weight, scale_by_router, selection
+        self.selection_noise = selection_noise
         self.ln_attn = nn.LayerNorm(d_model)
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.proj = nn.Linear(d_model, d_model)
@@ -225,6 +233,8 @@ class MoDBlock(nn.Module):
             score = torch.rand(B, S, generator=generator, device=x.device)
         else:
             score = r.detach()
+            if self.training and self.selection_noise > 0:  # exploration noise on the ranking only
+                score = score + self.selection_noise * torch.randn(B, S, generator=generator, device=x.device)
         score = score.masked_fill(~skippable, float("-inf"))
         topk = torch.zeros(B, S, dtype=torch.bool, device=x.device)
         if C > 0:

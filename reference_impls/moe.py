@@ -371,7 +371,7 @@ class Experts(nn.Module):
         backend: ExpertBackend = "auto",
     ):
         super().__init__()
-        if backend not in ("auto", "grouped_mm", "padded_bmm", "loop"):
+        if backend not in ("auto", "grouped_mm", "loop"):
             raise ValueError(f"unknown expert backend {backend!r}")
         self.num_experts, self.d_model, self.d_hidden = num_experts, d_model, d_hidden
         self.activation, self.backend = activation, backend

@@ -75,7 +75,6 @@ Shapes: ``B`` test samples, ``N`` reference samples, ``k`` neighbours, ``E`` exp
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch

@@ -12,14 +12,14 @@ from collections import Counter
 
 import pytest
 
-GRAPH = "generated/graph/"
+GRAPH = "graph/"
 VISIBLE_NODES = "moekbExplorer.nodes(':visible').map(n => n.id())"
 HIDE_HEADER = ".md-header, .md-tabs { visibility: hidden !important; }"
 
 
 @pytest.fixture(scope="module")
 def papers(site) -> list[dict]:
-    return site.json("generated/downloads/papers.json")["papers"]
+    return site.json("downloads/papers.json")["papers"]
 
 
 def open_explorer(tab, site):
@@ -121,7 +121,7 @@ def test_search_box_highlights_matching_papers(site, tab, papers):
 
 
 def test_hover_shows_title_and_year_and_click_opens_the_paper(site, tab, artifacts):
-    graph = site.json("generated/downloads/graph.json")
+    graph = site.json("downloads/graph.json")
     node = max(graph["nodes"], key=lambda n: (n["in_kb_citations"], n["id"]))
     open_explorer(tab, site)
     page = tab.page
@@ -131,25 +131,22 @@ def test_hover_shows_title_and_year_and_click_opens_the_paper(site, tab, artifac
     tip.wait_for(state="visible")
     assert tip.inner_text() == f"{node['title']} ({node['year']})"
     page.mouse.click(x, y)
-    page.wait_for_url(re.compile(rf"/generated/papers/{node['id']}/$"))
+    page.wait_for_url(re.compile(rf"/papers/{node['id']}/$"))
     assert page.locator("article h1").inner_text().removesuffix("¶").strip() == node["title"]  # ¶: the permalink
     page.wait_for_load_state("networkidle")
     page.screenshot(path=str(artifacts / "paper.png"), full_page=True)
     tab.assert_clean()
 
 
-def test_explorer_survives_instant_navigation(site, tab, papers):
+def test_the_explorer_script_loads_on_the_graph_page_alone(site, tab):
     page = tab.page
-    page.goto(site.url(""), wait_until="networkidle")
-    page.evaluate("window.sameDocument = true")  # gone if a navigation reloads the page
-    for _ in range(2):
-        page.locator(".md-tabs").get_by_role("link", name="Citation graph").click()
-        page.wait_for_selector("#moekb-explorer[data-ready=true]")
-        assert page.evaluate("moekbExplorer.nodes(':visible').length") == len(papers)
-        assert page.locator(".moekb-explorer__canvas").count() == 1
-        page.locator(".md-tabs").get_by_role("link", name="Charts").click()
-        page.wait_for_url(re.compile(r"/generated/charts/$"))
-    assert page.evaluate("window.sameDocument === true"), "the tabs reloaded the page instead of swapping it"
+    requested = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.goto(site.url("papers/"), wait_until="networkidle")
+    assert not any("cytoscape" in url or "explorer.js" in url for url in requested)
+    page.goto(site.url(GRAPH), wait_until="networkidle")
+    page.wait_for_selector("#moekb-explorer[data-ready=true]")
+    assert any("cytoscape" in url for url in requested)
     tab.assert_clean()
 
 
@@ -177,7 +174,7 @@ def test_site_search_finds_a_paper_by_a_word_of_its_title(site, tab, papers):
 
 def test_all_papers_table_sorts_by_year_when_its_header_is_clicked(site, tab, papers):
     page = tab.page
-    page.goto(site.url("generated/papers/"), wait_until="networkidle")
+    page.goto(site.url("papers/"), wait_until="networkidle")
     table = page.locator(".moekb-table table").first
     header = table.locator("th", has_text="Year")
     column = [h.strip() for h in table.locator("th").all_inner_texts()].index("Year") + 1
@@ -195,10 +192,10 @@ def test_all_papers_table_sorts_by_year_when_its_header_is_clicked(site, tab, pa
 
 
 def every_kind_of_page(site) -> list[str]:
-    pages = ["", "generated/taxonomy/", "generated/papers/", "generated/gaps/", GRAPH, "generated/charts/",
-             "generated/downloads/"]
+    pages = ["", "taxonomy/", "papers/", "gaps/", GRAPH, "charts/",
+             "downloads/"]
     for folder in ("taxonomy/*", "taxonomy/*/*", "gaps/*", "papers/*", "code/*", "notebooks/*"):
-        found = sorted(p.parent for p in site.folder.glob(f"generated/{folder}/index.html"))
+        found = sorted(p.parent for p in site.folder.glob(f"{folder}/index.html"))
         # Every notebook and code page (the notebook renderer is the likeliest to reach for a CDN); one of the rest.
         for page in found if folder.startswith(("code", "notebooks")) else found[:1]:
             pages.append(page.relative_to(site.folder).as_posix() + "/")
@@ -212,10 +209,10 @@ def test_every_kind_of_page_loads_offline_without_errors(site, tab):
         response = tab.page.goto(site.url(page), wait_until="networkidle")
         assert response.ok, page
         visited.append(page)
-        if page == "generated/charts/":
+        if page == "charts/":
             widths = tab.page.eval_on_selector_all("article img", "imgs => imgs.map(i => i.naturalWidth)")
             assert len(widths) == 2 and all(w > 0 for w in widths), "a chart did not load"
         foreign, errors = tab.foreign_requests(), list(tab.errors)
         assert foreign == [] and errors == [], f"on {page}: requests {foreign}, errors {errors}"
-    assert any(p.startswith("generated/papers/") and p != "generated/papers/" for p in visited)
+    assert any(p.startswith("papers/") and p != "papers/" for p in visited)
     tab.assert_clean()

@@ -15,6 +15,7 @@ from reference_impls.lora_experts import (
     LoRAExperts,
     MoCLELinear,
     MoLEFeedForward,
+    MoLELinear,
     assign_clusters,
     kmeans,
     mole_balance_loss,
@@ -245,6 +246,48 @@ def test_mole_matches_a_per_token_loop_values_and_gradients(mode):
             assert g is None or g.abs().sum() == 0
         else:
             torch.testing.assert_close(g, n)
+
+
+@pytest.mark.parametrize("mode", ["gate", "none", "straight_through", "dense"])
+def test_mole_linear_matches_a_per_token_loop_values_and_gradients(mode):
+    torch.manual_seed(0)
+    layer = MoLELinear(torch.nn.Linear(D_IN, D_OUT), num_experts=3, rank=4, alpha=8.0, dropout=0.0, mode=mode)
+    randomise_B(layer)
+    x = data((3, 5, D_IN)).requires_grad_(True)
+    out = layer(x)
+    rows = []
+    for token in x.reshape(-1, D_IN):
+        p = torch.softmax(layer.router.weight @ token, dim=-1)
+        i = int(p.argmax())
+        if mode == "dense":
+            delta = sum(p[e] * layer.experts.expert_delta(token, e) for e in range(3))
+        else:
+            g = {"gate": p[i], "none": torch.ones(()), "straight_through": 1 + p[i] - p[i].detach()}[mode]
+            delta = g * layer.experts.expert_delta(token, i)
+        rows.append(layer.base(token) + delta)
+    naive = torch.stack(rows).view(3, 5, D_OUT)
+    torch.testing.assert_close(out.output, naive)
+    w = torch.randn(3, 5, D_OUT, generator=torch.Generator().manual_seed(2))
+    params = [x, layer.router.weight, layer.experts.A, layer.experts.B]
+    grads = torch.autograd.grad((out.output * w).sum(), params, allow_unused=True)
+    naive_grads = torch.autograd.grad((naive * w).sum(), params, allow_unused=True)
+    for g, n in zip(grads, naive_grads):
+        if n is None:
+            assert g is None or g.abs().sum() == 0
+        else:
+            torch.testing.assert_close(g, n)
+
+
+def test_one_expert_mole_linear_is_plain_lora_and_cannot_flip_a_sign_by_instruction():
+    # The property the notebook rests on: a shared LoRA on a linear layer adds Delta(x + c) = Delta x + Delta c,
+    # so the instruction c only shifts the output; the content-dependent part is the same for every task.
+    torch.manual_seed(0)
+    layer = MoLELinear(torch.nn.Linear(D_IN, D_OUT), num_experts=1, rank=3, alpha=3.0, dropout=0.0)
+    randomise_B(layer)
+    content = data((2, 4, D_IN))
+    c1, c2 = torch.randn(D_IN), torch.randn(D_IN)
+    diff = layer(content + c1).output - layer(content + c2).output
+    torch.testing.assert_close(diff, diff[:1, :1].expand_as(diff))  # a constant offset, whatever the content
 
 
 def test_mole_routes_each_token_and_uses_several_experts():

@@ -212,19 +212,22 @@ def test_bce_losses_and_predictor_stop_gradient():
 
 
 def test_predictor_learns_membership():
-    # The predictor sees single tokens; top-C membership here depends on the token's own router score
-    # only relative to the others, yet a short fit reaches high accuracy (the paper: "very high").
+    # The predictor sees single tokens, yet top-C membership is decided relative to the whole sequence;
+    # with a linear router it is still nearly a threshold on the token's own score, so a short fit of the
+    # predictor's BCE loss reaches high accuracy on fresh sequences (the paper: "very high accuracy").
     block = make_block(capacity=0.25)
-    optimiser = torch.optim.Adam(block.predictor.parameters(), lr=1e-2)
     g = torch.Generator().manual_seed(0)
-    for _ in range(150):
-        x = torch.randn(32, 16, D, generator=g)
-        loss = block(x).aux_losses["predictor_bce"]
+    x = torch.randn(64, 16, D, generator=g)
+    with torch.no_grad():
+        target = block(x).topk.float()
+    optimiser = torch.optim.Adam(block.predictor.parameters(), lr=2e-2)
+    for _ in range(100):  # the same BCE as aux_losses["predictor_bce"], without re-running the block
+        loss = F.binary_cross_entropy_with_logits(block.predictor(x).squeeze(-1), target)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-    out = block(torch.randn(64, 16, D, generator=g))
-    accuracy = ((out.predictor_logits > 0) == out.topk).float().mean().item()
+    fresh = block(torch.randn(64, 16, D, generator=g))
+    accuracy = ((fresh.predictor_logits > 0) == fresh.topk).float().mean().item()
     assert accuracy > 0.9
 
 

@@ -16,7 +16,6 @@ from reference_impls.moe import (
     DropReport,
     ExpertChoiceMoE,
     Experts,
-    FeedForward,
     SoftMoE,
     SparseMoE,
     load_balancing_loss,
@@ -273,3 +272,8 @@ def test_routers_run_in_bf16(device):
         layer = layer.to(device, dtype)
         y = layer(x.to(device, dtype)).output
         assert y.dtype == dtype and torch.isfinite(y.float()).all()
+
+
+def test_unknown_expert_paths_are_refused():
+    with pytest.raises(ValueError, match="unknown expert backend"):
+        Experts(4, 8, 16, backend="padded_bmm")

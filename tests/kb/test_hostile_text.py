@@ -9,7 +9,6 @@ the text must be visible as written.
 
 from __future__ import annotations
 
-import html
 import os
 import re
 import shutil

@@ -1,7 +1,7 @@
 // The citation-graph explorer (vendored Cytoscape.js). The page inlines the graph as a JSON literal
 // (window.moekbGraphData), so nothing is fetched and the page also works from file://.
-// Material's instant navigation swaps pages without reloading, so the explorer is built from
-// document$ (once per page view) and the previous one is destroyed when its page is gone.
+// The graph page loads this file itself (no other page needs Cytoscape), from its content, before the
+// theme's own scripts: so it starts on DOMContentLoaded, which every engine's pages fire.
 // Every label is set with textContent: titles and names are contributor text, never HTML.
 (function () {
   "use strict";
@@ -222,14 +222,13 @@
     return cy;
   }
 
-  document$.subscribe(function () {
-    if (current && !document.body.contains(current.container())) {
-      current.destroy();
-      current = null;
-    }
+  function start() {
     var container = document.getElementById("moekb-explorer");
     if (!container || container.getAttribute("data-ready") === "true") return;
     current = init(container);
     window.moekbExplorer = current; // for the browser tests and for poking at the graph in the console
-  });
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
 })();
