@@ -17,6 +17,7 @@ from pylatexenc.latex2text import LatexNodes2Text, MacroTextSpec, get_default_la
 from pylatexenc.latexencode import UnicodeToLatexEncoder
 from bibtexparser.model import Entry, Field
 
+from moekb.markup import MATH
 from moekb.model import Paper, Taxonomy
 
 
@@ -86,6 +87,8 @@ class PlainTextShortcutEncoder(UnicodeToLatexEncoder):
         self.encoded: dict[str, str] = {}
 
     def unicode_to_latex(self, s: str) -> str:
+        if "$" in s and MATH.search(s):  # inline math ("M$^4$oE") is already LaTeX: kept as written
+            return "".join(part if MATH.fullmatch(part) else self.unicode_to_latex(part) for part in MATH.split(s))
         if not self.needs_encoding.search(s):
             return s
         encoded = self.encoded.get(s)  # an author's name is encoded once, not once per paper

@@ -17,6 +17,8 @@ from moekb.site import GENERATED_FOLDERS, render_site
 
 DOCS = Path("docs")
 PAPERS_ENV = "MOEKB_PAPERS"  # another papers folder (e.g. a synthetic corpus) to build from
+REPOSITORY_ENV = "MOEKB_REPO_URL"  # the repository's web address: "edit this entry" links, notebook badges
+SITE_URL_ENV = "MOEKB_SITE_URL"  # the deployed address (as mkdocs.yml's site_url): absolute feed links
 
 
 def papers_dir_from_env(root: Path) -> Path | None:
@@ -37,7 +39,7 @@ def generate(root: Path | None = None, papers_dir: Path | None = None) -> tuple[
     kb = load_knowledge_base(root, papers_dir or papers_dir_from_env(root))
     guides = {p.name for p in (root / DOCS / "impls").glob("*.md")}
     files = render_site(kb, implementations=implementation_sources(root, kb), schema=paper_schema(kb.taxonomy),
-                        guides=guides)
+                        guides=guides, repository=os.environ.get(REPOSITORY_ENV), site_url=os.environ.get(SITE_URL_ENV))
     return kb, files
 
 

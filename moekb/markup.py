@@ -21,6 +21,8 @@ HIDDEN = re.compile("[\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\
 SAFE_URL = re.compile(r"^https?://[^\s<>\"'`]+$", re.IGNORECASE)
 YAML_UNPRINTABLE = re.compile("[\x7f-\x9f\u2028\u2029\ud800-\udfff\ufeff\ufffe\uffff]")
 JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')  # one string literal in json.dumps output
+MATH = re.compile(r"(\$[^$\s][^$]*\$)")  # an inline-math span in a title, such as "M$^4$oE"
+MATH_CLASS = "moekb-math"  # docs/assets/javascripts/math.js renders these spans with KaTeX
 
 
 def reveal_hidden(text: str) -> str:
@@ -52,10 +54,27 @@ def inert_html(text: str) -> Markup:
     return Markup(str(escape(one_line)).replace("[", "&#91;").replace("]", "&#93;"))
 
 
-def front_matter(title: str) -> str:
-    """A page's front matter: its title, HTML-escaped. The theme writes a front-matter title into the
-    header and ``<title>`` as it is (no escaping of its own), so the title arrives escaped."""
-    return f"---\ntitle: {yaml_json_string(str(inert_html(title)))}\n---\n"
+@functools.lru_cache(maxsize=1 << 16)
+def title_html(text: str) -> Markup:
+    """A title as inert HTML whose inline math (``$...$``) sits in spans that KaTeX renders; the TeX
+    itself is escaped text, so a span can only ever become KaTeX's output."""
+    if "$" not in text or not MATH.search(text):
+        return inert_html(text)
+    def words(part: str) -> Markup:  # inert_html trims; the spaces around a formula stay
+        return Markup(" " if part[:1].isspace() else "") + inert_html(part) + Markup(" " if part[-1:].isspace() else "")
+
+    return Markup("").join(
+        Markup('<span class="{}">{}</span>').format(MATH_CLASS, inert_html(part[1:-1])) if MATH.fullmatch(part)
+        else words(part) for part in MATH.split(text) if part)
+
+
+def front_matter(title: str, description: str | None = None) -> str:
+    """A page's front matter: its title and description, HTML-escaped. The theme writes them into the
+    header, ``<title>`` and ``<meta name="description">`` as they are (no escaping of its own)."""
+    lines = [f"title: {yaml_json_string(str(inert_html(title)))}"]
+    if description:
+        lines.append(f"description: {yaml_json_string(str(inert_html(description)))}")
+    return "---\n" + "\n".join(lines) + "\n---\n"
 
 
 def yaml_json_string(text: str) -> str:

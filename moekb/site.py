@@ -33,10 +33,11 @@ from moekb.graph import LIST_SEPARATOR, citation_graph, explorer_data, graph_gra
 from moekb.identifiers import source_kind
 from moekb.model import KnowledgeBase, Paper, Perspective, Subcategory
 from moekb.notebook_page import notebook_page
+from moekb.related import Neighbourhood, citation_digraph, related_work
 
 # Top-level folders of docs/ that the generator owns (and empties of what it no longer writes).
 GENERATED_FOLDERS = ("papers", "surveys", "taxonomy", "gaps", "graph", "charts", "downloads", "notebooks", "code",
-                     "snippets")
+                     "recent", "start", "snippets")
 HOME_SNIPPET = "snippets/home.md"
 VOCABULARY_SNIPPET = "snippets/vocabularies.md"  # included by docs/add-a-paper.md
 FIELDS_SNIPPET = "snippets/fields.md"  # the field table of docs/add-a-paper.md, from the model
@@ -45,11 +46,18 @@ SURVEYS_PAGE = "surveys/index.md"
 GRAPH_PAGE = "graph/index.md"
 CHARTS_PAGE = "charts/index.md"
 DOWNLOADS_PAGE = "downloads/index.md"
+RECENT_PAGE = "recent/index.md"
+FEED = "recent/feed.xml"
+START_PAGE = "start/index.md"
+RECENT = 30  # entries on the "recently added" page and in the feed
+START_PER_PERSPECTIVE = 5
+MATH_ASSETS = ("assets/vendor/katex/katex.min.css", "assets/vendor/katex/katex.min.js", "assets/javascripts/math.js")
 LATEST = 10
 PAPERS_PER_SUBCATEGORY_ON_PERSPECTIVE = 10
 NEIGHBOURS_IN_DIAGRAM = 8  # per side of a paper's neighbourhood diagram
 CODE_PAGE_INTRO = "The reference implementation's source, as in the repository."
 HUB = "https://huggingface.co/"
+SURVEY_ID = "zheng2026tackling"  # the survey this knowledge base follows
 
 
 # -- where pages live, and the links between them ---------------------------------------------
@@ -154,20 +162,35 @@ def external(url: str) -> Markup:
 
 
 TEMPLATES.filters["text"] = text_filter
+TEMPLATES.filters["title"] = markup.title_html
 TEMPLATES.filters["external"] = external
 TEMPLATES.globals.update(paper_path=paper_path, perspective_path=perspective_path, subcategory_path=subcategory_path,
                          gap_path=gap_path)
+
+
+def first_sentence(text: str) -> str:
+    """The summary's first sentence, for link previews (the page's meta description)."""
+    text = " ".join(text.split())
+    end = text.find(". ")
+    return text if end == -1 else text[: end + 1]
 
 
 def link(url: str, label) -> Markup:
     return Markup('<a href="{}">{}</a>').format(url, text_filter(label))
 
 
+def title_link(url: str, title: str) -> Markup:
+    return Markup('<a href="{}">{}</a>').format(url, markup.title_html(title))
+
+
 class SiteRenderer:
     """Renders one knowledge base; each page method returns one file's text."""
 
     def __init__(self, kb: KnowledgeBase, implementations: dict[str, str] | None = None,
-                 guides: set[str] | frozenset = frozenset()):
+                 guides: set[str] | frozenset = frozenset(), *, repository: str | None = None,
+                 site_url: str | None = None):
+        self.repository = repository if repository and markup.safe_url(repository) else None
+        self.site_url = site_url
         self.kb = kb
         self.tax = kb.taxonomy
         self.implementations = implementations or {}
@@ -177,6 +200,10 @@ class SiteRenderer:
     @cached_property
     def graph(self):
         return citation_graph(self.kb)
+
+    @cached_property
+    def digraph(self):
+        return citation_digraph(self.kb)
 
     @cached_property
     def implemented_by(self) -> dict[str, list[Perspective | Subcategory]]:
@@ -189,9 +216,9 @@ class SiteRenderer:
         return index
 
     # -- pieces ---------------------------------------------------------------------------
-    def page(self, template: str, source: str, title: str, **context) -> str:
+    def page(self, template: str, source: str, title: str, *, description: str | None = None, **context) -> str:
         body = TEMPLATES.get_template(template).render(h=partial(href, source), tax=self.tax, **context)
-        return markup.front_matter(title) + "\n" + body
+        return markup.front_matter(title, description) + "\n" + body
 
     def run_it(self, owner: Perspective | Subcategory) -> list[tuple[str, str, str]]:
         """(label, docs path, name) of the owner's reference implementation, guide and notebook."""
@@ -213,7 +240,7 @@ class SiteRenderer:
         for paper in sorted(papers, key=lambda p: (-p.year, p.title.casefold())):
             method = paper.method
             cells = {
-                "Paper": link(href(source, paper_path(paper.id)), paper.title),
+                "Paper": title_link(href(source, paper_path(paper.id)), paper.title),
                 "Method": text_filter(method.name) if method else "",
                 "Authors": text_filter(", ".join(paper.authors[:3]) + (" et al." if len(paper.authors) > 3 else ""))
                 + Markup('<span class="moekb-hidden">{}</span>').format(" ".join(paper.authors[3:])),
@@ -270,12 +297,50 @@ class SiteRenderer:
             groups["Primary sources" if source_kind(url) == "primary" else "Other sources"].append(url)
         run_it = [item for owner in self.implemented_by.get(paper.id, []) for item in self.run_it(owner)]
         neighbourhood = neighbourhood_path(paper.id) if cites or cited_by else ""
+        neighbours = related_work(self.digraph, paper.id) if paper.id in self.digraph else Neighbourhood((), (), ())
+        shown = {r.paper for r in neighbours.related} | {x for r in neighbours.related for x in (*r.shared_references, *r.co_cited_by)}
+        shown |= {p for p, _ in (*neighbours.prior, *neighbours.later)}
         return self.page(
-            "paper.html", source, paper.title, paper=paper, perspective=perspective, sub=sub, venue=self.venue(paper),
+            "paper.html", source, paper.title, description=first_sentence(paper.summary),
+            paper=paper, perspective=perspective, sub=sub, venue=self.venue(paper),
             method=method_rows(paper.method, self.tax, hub=HUB) if paper.method else [],
             run_it=run_it, links=[(label, url) for label, url in links if url], cites=cites, cited_by=cited_by,
-            neighbourhood=neighbourhood, bibtex=Markup(markup.fence(self.bibtex[paper.id], "bibtex")),
+            neighbourhood=neighbourhood, cite=Markup(self.cite_block(paper)), repository=self.repository_links(paper),
+            related=neighbours, titles={i: self.kb.paper[i].title for i in shown},
+            names={i: self.short_name(self.kb.paper[i]) for i in shown},
             sources=[(group, urls) for group, urls in groups.items() if urls])
+
+    @staticmethod
+    def short_name(paper: Paper) -> str:
+        return paper.method.name if paper.method else f"{paper.authors[0].split()[-1]} {paper.year}"
+
+    def reference(self, paper: Paper) -> str:
+        """A plain-text reference in APA's shape: authors (Family, I.), year, title, venue, identifier."""
+        def initials(name: str) -> str:
+            parts = name.split()
+            if len(parts) < 2:
+                return name
+            return f"{parts[-1]}, {' '.join(p[0] + '.' for p in parts[:-1])}"
+        names = [initials(a) for a in paper.authors]
+        authors = names[0] if len(names) == 1 else ", ".join(names[:-1]) + ", & " + names[-1]
+        where = self.tax.venue[paper.venue].name if paper.venue else ("arXiv preprint" if paper.arxiv else "")
+        ident = (f" https://doi.org/{paper.doi}" if paper.doi else
+                 f" arXiv:{paper.arxiv}" if paper.arxiv else f" {paper.url}" if paper.url else "")
+        return f"{authors} ({paper.year}). {paper.title}.{' ' + where + '.' if where else ''}{ident}"
+
+    def cite_block(self, paper: Paper) -> str:
+        """The Cite control: a collapsed block with the BibTeX entry and a plain-text reference, each a
+        code block (highlighted by Pygments through pymdownx) with the theme's copy button."""
+        indent = lambda text: "\n".join(("    " + line) if line else "" for line in text.splitlines())  # noqa: E731
+        return "\n".join(['??? quote "Cite"', "", indent(markup.fence(self.bibtex[paper.id], "bibtex")), "",
+                          indent(markup.fence(self.reference(paper), "text")), ""])
+
+    def repository_links(self, paper: Paper) -> dict | None:
+        if not self.repository:
+            return None
+        base = self.repository.rstrip("/")
+        return {"edit": f"{base}/edit/main/papers/{paper.id}.yaml",
+                "report": f"{base}/issues/new?template=report-wrong-fact.yml&title={paper.id}"}
 
     def all_papers(self) -> str:
         source = ALL_PAPERS_PAGE
@@ -293,7 +358,7 @@ class SiteRenderer:
         for survey in sorted(self.kb.surveys, key=lambda p: (-p.year, p.title.casefold())):
             covered = [self.kb.paper[i] for i in survey.cites if i in self.kb.paper]
             rows.append(Markup("<li>{} ({}, {}){}</li>").format(
-                link(href(source, paper_path(survey.id)), survey.title), ", ".join(survey.authors[:3])
+                title_link(href(source, paper_path(survey.id)), survey.title), ", ".join(survey.authors[:3])
                 + (" et al." if len(survey.authors) > 3 else ""), survey.year,
                 Markup(": cites {} papers of this knowledge base").format(len(covered)) if covered else ""))
         return "\n".join([
@@ -412,10 +477,10 @@ class SiteRenderer:
         summary = summarise(graph)
         unchecked = sum(1 for p in self.kb.papers if not p.citations_checked)
         rows = [Markup("<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.4f}</td></tr>").format(
-            link(href(source, paper_path(i)), self.kb.paper[i].title), self.kb.paper[i].year, n, rank)
+            title_link(href(source, paper_path(i)), self.kb.paper[i].title), self.kb.paper[i].year, n, rank)
             for i, n, rank in summary.most_cited]
         items = [Markup('<li><a href="{}" data-moekb-paper="{}">{}</a> ({})</li>').format(
-            href(source, paper_path(p.id)), p.id, text_filter(p.title), p.year) for p in self.kb.papers]
+            href(source, paper_path(p.id)), p.id, markup.title_html(p.title), p.year) for p in self.kb.papers]
         out = [markup.front_matter("Citation graph"), "# Citation graph", "",
                "Every paper is a node, coloured by perspective and sized by how often it is cited within the knowledge "
                "base; an arrow points from a paper to each paper it cites. Each perspective is a row, each sub-category "
@@ -458,6 +523,54 @@ class SiteRenderer:
             "Each cell counts the papers of a perspective tagged with a research gap; an empty cell is where "
             f"research is thin. The [research gaps]({doc_link(CHARTS_PAGE, 'gaps/index.md')}) page lists the papers.", "",
             f"![Heat map of papers per research gap and perspective]({GAP_HEATMAP})", ""])
+
+    def recently_added(self) -> list[Paper]:
+        dated = [p for p in [*self.kb.papers, *self.kb.surveys] if p.added]
+        return sorted(dated, key=lambda p: (p.added, p.id), reverse=True)[:RECENT]
+
+    def recent_page(self) -> str:
+        source = RECENT_PAGE
+        rows, day = [], None
+        for paper in self.recently_added():
+            if paper.added != day:
+                day = paper.added
+                rows += ["", f"## {day.isoformat()}", ""]
+            rows.append(f"- [{markup.md(paper.title)}]({doc_link(source, paper_path(paper.id))}) ({paper.year})")
+        return "\n".join([markup.front_matter("Recently added"), "# Recently added", "",
+                          f"The {RECENT} entries added most recently, newest first, by the date each landed. "
+                          f"Subscribe with the [Atom feed](feed.xml).", *rows, ""])
+
+    def feed(self) -> str:
+        """Atom (RFC 4287) of the recent additions. Links are absolute when the site's address is known
+        (MOEKB_SITE_URL), else relative to the feed's own folder."""
+        base = self.site_url.rstrip("/") + "/" if self.site_url else ""
+        papers = self.recently_added()
+        links = {p.id: base + url_of(paper_path(p.id)) if base else href(RECENT_PAGE, paper_path(p.id)) for p in papers}
+        updated = max((p.added for p in papers), default=dt.date(2026, 1, 1)).isoformat() + "T00:00:00Z"
+        return TEMPLATES.get_template("feed.xml").render(
+            papers=papers, links=links, updated=updated, base=base or None,
+            alternate=(base + url_of(RECENT_PAGE)) if base else "./", self_link=(base + FEED) if base else "feed.xml")
+
+    def start_page(self) -> str:
+        """A reading path per perspective: the papers the survey names first, then the most central."""
+        source = START_PAGE
+        rank = {n: a.get("pagerank", 0.0) for n, a in self.graph.nodes.items()}
+        cited = {n: a.get("in_kb_citations", 0) for n, a in self.graph.nodes.items()}
+        named = {i for s in self.kb.surveys if s.id == SURVEY_ID for i in s.cites}
+        out = [markup.front_matter("Start here"), "# Start here", "",
+               "For each perspective, a few papers to read first, in order: those the survey itself names, then the "
+               "most central in the citation graph (PageRank over the citations recorded here).", ""]
+        for perspective in self.tax.perspectives:
+            papers = self.kb.in_perspective(perspective.id)
+            order = sorted(papers, key=lambda p: (p.id not in named, -rank.get(p.id, 0), p.id))[:START_PER_PERSPECTIVE]
+            out += [f"## {markup.md(perspective.name)}", ""]
+            for k, paper in enumerate(order, 1):
+                why = "named by the survey" if paper.id in named else "central in the citation graph"
+                what = f"{markup.md(self.short_name(paper))}, {paper.year}"
+                out.append(f"{k}. [{markup.md(paper.title)}]({doc_link(source, paper_path(paper.id))}) ({what}): {why}; "
+                           f"cited by {cited.get(paper.id, 0)} papers here.")
+            out.append("")
+        return "\n".join(out)
 
     def code_page(self, module: str, source_text: str) -> str:
         guide = guide_path(module)
@@ -532,14 +645,16 @@ class SiteRenderer:
 
 
 def render_site(kb: KnowledgeBase, *, implementations: dict[str, str] | None = None,
-                schema: dict | None = None, guides: set[str] | frozenset = frozenset()) -> dict[str, str | bytes]:
+                schema: dict | None = None, guides: set[str] | frozenset = frozenset(),
+                repository: str | None = None, site_url: str | None = None) -> dict[str, str | bytes]:
     """Every generated file, keyed by its path under ``docs/``.
 
     ``implementations`` maps a reference-implementation path (as named in the taxonomy) to its
     source text; ``schema`` is the paper JSON Schema to publish; ``guides`` are the file names of the
-    hand-written pages in ``docs/impls/`` (``moe_llava.md`` explains ``reference_impls/moe_llava.py``).
+    hand-written pages in ``docs/impls/`` (``moe_llava.md`` explains ``reference_impls/moe_llava.py``);
+    ``repository`` (its web address) adds "edit this entry" links, and ``site_url`` makes the feed's links absolute.
     """
-    site = SiteRenderer(kb, implementations, guides)
+    site = SiteRenderer(kb, implementations, guides, repository=repository, site_url=site_url)
     files: dict[str, str | bytes] = {
         HOME_SNIPPET: site.home_snippet(),
         VOCABULARY_SNIPPET: site.vocabulary_snippet(),
@@ -556,6 +671,9 @@ def render_site(kb: KnowledgeBase, *, implementations: dict[str, str] | None = N
         "downloads/graph.json": graph_json(site.graph),
         "downloads/graph.graphml": graph_graphml(site.graph),
         CHARTS_PAGE: site.charts_page(),
+        RECENT_PAGE: site.recent_page(),
+        FEED: site.feed(),
+        START_PAGE: site.start_page(),
     }
     if schema is not None:
         files["downloads/paper.schema.json"] = json.dumps(schema, indent=2) + "\n"
@@ -580,4 +698,9 @@ def render_site(kb: KnowledgeBase, *, implementations: dict[str, str] | None = N
         files.update({f"{folder}/{figure}": data for figure, data in figures.items()})
     for name, svg in render_charts(kb).items():
         files[posixpath.join(posixpath.dirname(CHARTS_PAGE), name)] = svg
+    for name, text in files.items():  # KaTeX only where a title holds math
+        if name.endswith(".md") and isinstance(text, str) and f'class="{markup.MATH_CLASS}"' in text:
+            css, *scripts = (href(name, asset) for asset in MATH_ASSETS)
+            files[name] = text + f'\n<link rel="stylesheet" href="{css}">\n' + "".join(
+                f'<script src="{src}"></script>\n' for src in scripts)
     return files

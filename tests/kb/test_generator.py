@@ -195,3 +195,15 @@ def test_a_paper_with_a_reference_implementation_links_to_it():
         for paper_id in owner.implements:
             page = files[f"papers/{paper_id}.md"]
             assert "## Run it" in page and "../../code/" in page, paper_id
+
+
+def test_bibtex_keeps_math_in_titles_and_reads_back(make_project):
+    from moekb.add import entries_from_bibtex
+    from moekb.bib import bibtex_entries
+
+    project = make_project({"lovelace2024test.yaml": entry("lovelace2024test", "M$^4$oE: Experts & $100 Costs", "2401.12345")})
+    kb = load_knowledge_base(project)
+    text = bibtex_entries(kb.papers, kb.taxonomy)["lovelace2024test"]
+    assert "title = {{M$^4$oE: Experts \\& \\$100 Costs}}" in text  # math kept; a lone $ and & escaped
+    [new] = entries_from_bibtex(text.encode(), "x.bib", kb.taxonomy)
+    assert new.fields["title"] == "M$^4$oE: Experts & $100 Costs"
