@@ -97,3 +97,21 @@ def csv_row(paper: Paper) -> list[str]:
     method = paper.method
     return [*[_cell(getattr(paper, name)) for name in PAPER_COLUMNS],
             *[_cell(getattr(method, name)) if method else "" for name in Method.model_fields]]
+
+
+# What a node of the citation graph carries (explorer, JSON and GraphML exports): every field of the
+# model but the long texts and the provenance lists, plus the method's name and whether the entry's
+# reference list was read.
+GRAPH_LEFT_OUT = ("id", "summary", "notes", "verified_from", "cites", "references_from", "method", "bibtex_type")
+GRAPH_FIELDS = [name for name in Paper.model_fields if name not in GRAPH_LEFT_OUT]
+
+
+def graph_attributes(paper: Paper) -> dict:
+    attrs = {name: getattr(paper, name) for name in GRAPH_FIELDS}
+    attrs = {k: (list(v) if isinstance(v, list) else v.isoformat() if hasattr(v, "isoformat") else v)
+             for k, v in attrs.items() if v is not None}
+    if paper.method is not None:
+        attrs["method"] = paper.method.name
+    attrs["citations_checked"] = paper.citations_checked
+    attrs["path"] = paper.path
+    return attrs

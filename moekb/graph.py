@@ -29,6 +29,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from moekb.charts import perspective_colours
 from moekb.errors import Problem
+from moekb.fields import graph_attributes
 from moekb.model import KnowledgeBase
 
 EDGES_KEY = "edges"  # node_link_data's key for edges, stated so readers need not guess the default
@@ -74,19 +75,7 @@ def citation_graph(kb: KnowledgeBase, *, bare: bool = False) -> CitationGraph:
         if bare:
             graph.nodes[paper.id] = {} if paper.path is None else {"path": paper.path}
             continue
-        attrs = {
-            "title": paper.title,
-            "authors": list(paper.authors),
-            "year": paper.year,
-            "perspective": paper.perspective,
-            "subcategory": paper.subcategory,
-            "modalities": list(paper.modalities),
-            "gaps": list(paper.gaps),
-            "venue": paper.venue,
-            "arxiv": paper.arxiv,
-            "doi": paper.doi,
-            "path": paper.path,
-        }
+        attrs = graph_attributes(paper)
         graph.nodes[paper.id] = {k: v for k, v in attrs.items() if v is not None}
     seen: set[tuple[str, str]] = set()
     for paper in kb.papers:
@@ -366,7 +355,8 @@ def explorer_data(kb: KnowledgeBase, graph: CitationGraph) -> dict:
     tax = kb.taxonomy
     nodes = [{"id": n, "title": a["title"], "year": a["year"], "perspective": a["perspective"],
               "subcategory": a["subcategory"], "modalities": a["modalities"], "gaps": a["gaps"],
-              "authors": a["authors"], "cited_by": a["in_kb_citations"],
+              "authors": a["authors"], "cited_by": a["in_kb_citations"], "method": a.get("method", ""),
+              "domain": a.get("domain", ""), "checked": a["citations_checked"],
               "x": positions[n][0], "y": positions[n][1]}
              for n, a in graph.nodes.items()]
     colours = perspective_colours(tax)

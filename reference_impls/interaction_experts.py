@@ -234,6 +234,16 @@ class InteractionMoE(nn.Module):
         logits = torch.einsum("xvbf,xfc->xvbc", z, self.head_weight) + self.head_bias[:, None, None]
         return z, logits
 
+    def variants(self, embeddings: Sequence[Tensor], generator: torch.Generator | None = None) -> Tensor:
+        """The ``V = 1 + M`` fused expert inputs ``[V, B, M h]``: clean, then, for each modality j, the
+        same with ``e_j`` replaced by ``randn_like(e_j)`` (one draw per modality, shared by all experts)."""
+        pooled = [self._pool(e) for e in embeddings]
+        out = [torch.cat(pooled, dim=-1)]
+        for j, e in enumerate(embeddings):  # fixed loop over the M modalities
+            noise = torch.randn(e.shape, generator=generator, device=e.device, dtype=e.dtype)
+            out.append(torch.cat(pooled[:j] + [self._pool(noise)] + pooled[j + 1 :], dim=-1))
+        return torch.stack(out)
+
     def forward(
         self,
         inputs: Sequence[Tensor],
@@ -247,27 +257,32 @@ class InteractionMoE(nn.Module):
         returns the losses; ``generator`` seeds the random replacement embeddings.
         """
         embeddings = self.encode(inputs)
-        pooled = [self._pool(e) for e in embeddings]
-        clean = torch.cat(pooled, dim=-1)  # [B, M h]
+        clean = torch.cat([self._pool(e) for e in embeddings], dim=-1)  # [B, M h]
         # w = softmax(MLP(concat pool(e_j)) / tau)
         weights = torch.softmax(self.reweight(clean) / self.temperature, dim=-1)
         losses = None
         compute = self.training if with_interaction_losses is None else with_interaction_losses
         if compute:
-            variants = [clean]
-            for j, e in enumerate(embeddings):  # fixed loop over the M modalities
-                noise = torch.randn(e.shape, generator=generator, device=e.device, dtype=e.dtype)
-                perturbed = pooled[:j] + [self._pool(noise)] + pooled[j + 1 :]  # e_j <- randn_like(e_j)
-                variants.append(torch.cat(perturbed, dim=-1))
-            z, logits_all = self.run_experts(torch.stack(variants))
-            space = logits_all if self.interaction_space == "logits" else z
-            losses = interaction_losses(space, margin=self.margin)
-            expert_logits = logits_all[:, 0]
-        else:
+            z, logits_all = self.run_experts(self.variants(embeddings, generator))  # [X, V, B, .]
+            losses = interaction_losses(logits_all if self.interaction_space == "logits" else z, margin=self.margin)
+        else:  # inference: the clean pass only
             _, logits_all = self.run_experts(clean.unsqueeze(0))
-            expert_logits = logits_all[:, 0]
+        expert_logits = logits_all[:, 0]  # o_i^0, [X, B, C]
         logits = torch.einsum("bx,xbc->bc", weights, expert_logits)  # y^ = sum_i w_i o_i^0
         return I2MoEOutput(logits, weights, expert_logits, losses)
+
+
+@torch.no_grad()
+def perturbation_sensitivity(
+    model: InteractionMoE, inputs: Sequence[Tensor], *, generator: torch.Generator | None = None
+) -> Tensor:
+    """``[M + 2, M]``: for each expert and modality j, the fraction of samples whose predicted class
+    (argmax of the expert's logits) changes when ``e_j`` is replaced by noise, the perturbation of the
+    training losses. A uniqueness expert for modality j should flip often for j and rarely for the
+    others; a redundancy expert rarely for any single j; a synergy expert often for every j."""
+    _, logits = model.run_experts(model.variants(model.encode(inputs), generator))
+    predicted = logits.argmax(-1)  # [X, V, B]
+    return (predicted[:, 1:] != predicted[:, :1]).float().mean(-1)
 
 
 def training_loss(
@@ -306,6 +321,7 @@ __all__ = [
     "LateFusion",
     "expert_names",
     "interaction_losses",
+    "perturbation_sensitivity",
     "redundancy_loss",
     "synergy_loss",
     "training_loss",
