@@ -23,13 +23,38 @@ ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")  # colour codes in traceb
 IMAGE_TYPES = {"image/png": "png", "image/jpeg": "jpg", "image/gif": "gif"}
 
 
-def notebook_page(name: str, text: str, *, download: str) -> tuple[str, dict[str, bytes]]:
+SOURCE_LINE = "MOEKB_SOURCE = None"  # the notebooks' first cell; the published copy names the repository
+
+
+def published_notebook(text: str, repository: str | None) -> str:
+    """The notebook as the site offers it for download: its install cell names the repository, so that
+    it runs outside a checkout (Colab, a laptop) by installing ``moekb[impls]`` from there."""
+    if not repository or SOURCE_LINE not in text:
+        return text
+    notebook = json.loads(text)
+    for cell in notebook.get("cells", []):
+        if cell.get("cell_type") == "code":
+            lines = cell["source"] if isinstance(cell["source"], list) else cell["source"].splitlines(keepends=True)
+            cell["source"] = [f"MOEKB_SOURCE = {json.dumps(repository)}\n" if line.strip() == SOURCE_LINE else line
+                              for line in lines]
+    return json.dumps(notebook, indent=1, ensure_ascii=False) + "\n"
+
+
+def colab_url(repository: str | None, name: str) -> str | None:
+    """Colab opens notebooks straight from a GitHub repository."""
+    match = re.match(r"^https://github\.com/([\w.-]+)/([\w.-]+?)/?$", repository or "")
+    return f"https://colab.research.google.com/github/{match[1]}/{match[2]}/blob/main/notebooks/{name}" if match else None
+
+
+def notebook_page(name: str, text: str, *, download: str, repository: str | None = None) -> tuple[str, dict[str, bytes]]:
     """The Markdown page for notebook ``name`` (its JSON ``text``) and its figures: ``{file name
     in the folder named after the notebook: bytes}``. ``download`` links the .ipynb."""
     notebook = json.loads(text)
     cells = notebook.get("cells", [])
+    colab = colab_url(repository, name)
+    badge = f" · [Open in Colab]({colab})" if colab else ""
     note = (f'<small>Rendered from [`notebooks/{name}`]({download}) with the outputs it was committed with '
-            f'(`make test` re-runs it with nbval) · [Download the notebook]({download}) · run it with '
+            f'(`make test` re-runs it with nbval) · [Download the notebook]({download}){badge} · run it with '
             f'`jupyter lab notebooks/{name}`</small>')
     out = [markup.front_matter(notebook_title(name, cells))]
     folder = name.removesuffix(".ipynb")

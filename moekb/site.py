@@ -32,7 +32,7 @@ from moekb.fields import field_table, method_rows, published_paper
 from moekb.graph import LIST_SEPARATOR, citation_graph, explorer_data, graph_graphml, graph_json, summarise
 from moekb.identifiers import source_kind
 from moekb.model import KnowledgeBase, Paper, Perspective, Subcategory
-from moekb.notebook_page import notebook_page
+from moekb.notebook_page import notebook_page, published_notebook
 from moekb.related import Neighbourhood, citation_digraph, related_work
 
 # Top-level folders of docs/ that the generator owns (and empties of what it no longer writes).
@@ -691,8 +691,9 @@ def render_site(kb: KnowledgeBase, *, implementations: dict[str, str] | None = N
     for module, source_text in sorted(site.implementations.items()):
         files[code_path(module)] = site.code_page(module, source_text)
     for name, notebook_text in kb.notebooks.items():
-        files[notebook_download_path(name)] = notebook_text
-        page, figures = notebook_page(name, notebook_text, download=posixpath.basename(notebook_download_path(name)))
+        files[notebook_download_path(name)] = published_notebook(notebook_text, site.repository)
+        page, figures = notebook_page(name, notebook_text, download=posixpath.basename(notebook_download_path(name)),
+                                      repository=site.repository)
         files[notebook_path(name)] = page
         folder = posixpath.splitext(notebook_path(name))[0]
         files.update({f"{folder}/{figure}": data for figure, data in figures.items()})
