@@ -28,3 +28,13 @@ def make_project(tmp_path):
         return project
 
     return make
+
+
+SITE_FIXTURES = {"hostile_site", "built_site", "zensical_site"}
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that build a whole site with an engine are marked ``site``: `make check` leaves them out."""
+    for item in items:
+        if SITE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.site)

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import math
 
+import typing
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from reference_impls.moe import ACTIVATIONS, SparseMoE
+from reference_impls.moe import ACTIVATIONS, ExpertBackend, SparseMoE
 from reference_impls.modality_experts import ModalityAwareMoE, MultiwayBlock, active_ffn_flops
 
 D, H = 8, 12
@@ -62,7 +64,7 @@ def oracle(layer: ModalityAwareMoE, x, ids):
     [((3, 2), 1, False), ((4, 4), 2, True), ((4, 1), 2, False), ((2, 3, 1), 1, False)],
     ids=["3-2-top1-raw", "4t4i-top2-renorm", "4-1-top2", "three-modalities"],
 )
-@pytest.mark.parametrize("backend", ["auto", "loop", "padded_bmm", "grouped_mm"])
+@pytest.mark.parametrize("backend", typing.get_args(ExpertBackend))  # every backend the core offers
 def test_matches_per_token_oracle_values_and_gradients(sizes, top_k, renormalize, backend):
     layer = make_layer(sizes, top_k=top_k, renormalize=renormalize, expert_backend=backend)
     x, ids = tokens(num_modalities=len(sizes))

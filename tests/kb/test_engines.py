@@ -57,7 +57,6 @@ def zensical_site(tmp_path_factory) -> Path:
     return project / "site"
 
 
-@pytest.mark.site
 def test_zensical_indexes_every_paper_page(zensical_site):
     kb = load_knowledge_base(ROOT)
     items = json.loads((zensical_site / "search.json").read_text(encoding="utf-8"))["items"]
@@ -68,7 +67,6 @@ def test_zensical_indexes_every_paper_page(zensical_site):
         assert word in limoe, word
 
 
-@pytest.mark.site
 def test_every_link_resolves_in_the_zensical_site(zensical_site):
     pages = sorted(zensical_site.rglob("index.html"))
     assert len(pages) > 200
