@@ -193,37 +193,22 @@ class Taxonomy:
     def subcategory(self) -> dict[str, tuple[Perspective, Subcategory]]:
         return {s.id: (p, s) for p in self.perspectives for s in p.subcategories}
 
-    @cached_property
-    def gap(self) -> dict[str, Gap]:
-        return {g.id: g for g in self.gaps}
-
-    @cached_property
-    def modality(self) -> dict[str, Term]:
-        return {m.id: m for m in self.vocabularies.modalities}
-
-    @cached_property
-    def venue(self) -> dict[str, Term]:
-        return {v.id: v for v in self.vocabularies.venues}
+    # Each vocabulary by id: {id: term}.
+    gap = cached_property(lambda self: by_id(self.gaps))
+    modality = cached_property(lambda self: by_id(self.vocabularies.modalities))
+    venue = cached_property(lambda self: by_id(self.vocabularies.venues))
+    domain = cached_property(lambda self: by_id(self.vocabularies.domains))
+    paper_kind = cached_property(lambda self: by_id(self.vocabularies.paper_kinds))
+    routing = cached_property(lambda self: by_id(self.vocabularies.routings))
+    placement = cached_property(lambda self: by_id(self.vocabularies.placements))
 
     @cached_property
     def journals(self) -> frozenset[str]:
         return frozenset(v.id for v in self.vocabularies.venues if v.journal)
 
-    @cached_property
-    def domain(self) -> dict[str, Term]:
-        return {d.id: d for d in self.vocabularies.domains}
 
-    @cached_property
-    def paper_kind(self) -> dict[str, Term]:
-        return {k.id: k for k in self.vocabularies.paper_kinds}
-
-    @cached_property
-    def routing(self) -> dict[str, Term]:
-        return {r.id: r for r in self.vocabularies.routings}
-
-    @cached_property
-    def placement(self) -> dict[str, Term]:
-        return {p.id: p for p in self.vocabularies.placements}
+def by_id(items: list) -> dict:
+    return {item.id: item for item in items}
 
 
 @dataclass(frozen=True)

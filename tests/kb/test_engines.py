@@ -10,34 +10,18 @@ import re
 import shutil
 import subprocess
 import sys
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 from ruamel.yaml import YAML
+
+from built_pages import unresolved
 
 from moekb.load import load_knowledge_base
 from moekb.site import GENERATED_FOLDERS
 
 ROOT = Path(__file__).resolve().parents[2]
 ZENSICAL = Path(sys.executable).with_name("zensical")
-
-
-class Links(HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.targets: list[str] = []
-
-    def handle_starttag(self, tag, attrs):
-        target = dict(attrs).get({"a": "href", "img": "src", "script": "src"}.get(tag, ""))
-        if target:
-            self.targets.append(target)
-
-
-def internal_targets(page: Path) -> list[str]:
-    parser = Links()
-    parser.feed(page.read_text(encoding="utf-8"))
-    return [t for t in parser.targets if not re.match(r"^[a-z]+:|^#|^//", t)]
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +55,7 @@ def test_every_link_resolves_in_the_zensical_site(zensical_site):
     pages = sorted(zensical_site.rglob("index.html"))
     assert len(pages) > 200
     for page in pages:
-        for target in internal_targets(page):
-            path = (page.parent / target.split("#")[0].split("?")[0]).resolve()
-            assert (path / "index.html" if path.is_dir() else path).is_file(), (page, target)
+        assert unresolved(page) == [], page
 
 
 def test_the_pages_workflow_runs_the_readme_build_with_the_core_package():

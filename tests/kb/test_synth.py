@@ -8,13 +8,14 @@ import html
 import json
 import os
 import re
-from html.parser import HTMLParser
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from built_pages import internal_targets, unresolved
 
 from moekb.build import generate
 from moekb.cli import main
@@ -208,32 +209,13 @@ def test_perspective_pages_stay_short_as_the_corpus_grows(tmp_path):
             assert sub_page.count('><td><a href="../../../papers/') == n
 
 
-class Hrefs(HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.hrefs: list[str] = []
-
-    def handle_starttag(self, tag, attrs):  # links, and images (the notebooks' figures are files)
-        target = dict(attrs).get({"a": "href", "img": "src"}.get(tag, ""))
-        if target:
-            self.hrefs.append(target)
-
-
-def internal_targets(page: Path) -> list[str]:
-    parser = Hrefs()
-    parser.feed(page.read_text(encoding="utf-8"))
-    return [h for h in parser.hrefs if not re.match(r"^[a-z]+:|^#|^//", h)]
-
-
 def test_every_link_on_a_generated_page_reaches_a_built_page(built_site, kb):
     """HTML blocks carry directory URLs the generator computed, Markdown links are resolved by the
     engine: every link on every built page reaches a built page or file."""
     pages = sorted(built_site.rglob("index.html"))
     assert len(pages) > N
     for page in pages:
-        for href in internal_targets(page):
-            target = (page.parent / href.split("#")[0]).resolve()
-            assert (target / "index.html" if target.is_dir() else target).is_file(), (page, href)
+        assert unresolved(page) == [], page
         html = page.read_text(encoding="utf-8")
         assert not re.search(r'href="[^":]*\.md[#"]', html), page  # no link left pointing at a source file
     for paper in kb.papers[:5]:
