@@ -90,6 +90,8 @@ PRIMARY_HOSTS = (
     "dl.acm.org", "link.springer.com", "www.sciencedirect.com", "www.nature.com", "jmlr.org", "www.jmlr.org",
     "isca-archive.org", "www.isca-archive.org", "www.ecva.net", "ecva.net", "www.mdpi.com", "direct.mit.edu",
     "github.com", "huggingface.co", "www.computer.org", "papers.miccai.org", "conferences.miccai.org",
+    "thecvf.com", "mlsys.org", "githubusercontent.com", "techscience.com", "aaai.org", "acm.org", "ieee.org",
+    "springer.com", "sciencedirect.com", "nature.com", "mdpi.com",
 )
 # Pages that summarise a paper without being its source.
 AGGREGATOR_PATHS = ("huggingface.co/papers",)
@@ -119,7 +121,9 @@ def host_kind(host: str) -> str:
     bare = host.removeprefix("www.")
     if host in RETIRED_HOSTS:
         return "retired"
-    if host in PRIMARY_HOSTS or bare in PRIMARY_HOSTS or host.endswith(".github.io"):  # .github.io: project pages
+    # a primary host, one of its subdomains (eccv2024.ecva.net, preview.aclanthology.org), or a
+    # project page on github.io
+    if host.endswith(".github.io") or any(host == p or host.endswith("." + p) for p in PRIMARY_HOSTS):
         return "primary"
     for primary in PRIMARY_HOSTS:
         candidate = primary.removeprefix("www.")

@@ -77,10 +77,12 @@ def oracle(block: MoDBlock, x, skippable, processed=None):
     return torch.stack(out)
 
 
-def assert_matches_oracle(block, x, skippable, routing="topk", processed=None):
+def assert_matches_oracle(block, x, skippable, routing="topk"):
+    """Top-C: the oracle chooses the tokens itself. Causal rules: the oracle is given the block's
+    per-token decisions (they depend on each token alone) and checks the computation on them."""
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
     out = block(x1, skippable, routing=routing)
-    ref = oracle(block, x2, skippable, processed if processed is not None else (None if routing == "topk" else out.processed))
+    ref = oracle(block, x2, skippable, None if routing == "topk" else out.processed)
     torch.testing.assert_close(out.output, ref, atol=1e-5, rtol=1e-5)
     weight = torch.randn_like(ref)
     params = [p for n, p in block.named_parameters() if not n.startswith("predictor")]

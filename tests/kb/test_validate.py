@@ -156,3 +156,16 @@ def test_the_taxonomy_names_missing_files_and_unknown_papers(make_project, tmp_p
     messages = [str(p) for p in info.value.problems]
     assert any("implements: no entry has the id 'nobody2024x'" in m for m in messages)
     assert any("reference_impl: no file reference_impls/moe_llava.py in the project" in m for m in messages)
+
+
+@pytest.mark.parametrize("url, kind", [
+    ("https://arxiv.org/abs/2206.02770", "primary"), ("https://arcxiv.org/abs/2206.02770", "look-alike of arxiv.org"),
+    ("https://opernreview.net/forum?id=x", "look-alike of openreview.net"), ("https://eccv2024.ecva.net/x", "primary"),
+    ("https://huggingface.co/papers/2206.02770", "other"), ("https://huggingface.co/org/model", "primary"),
+    ("https://paperswithcode.com/paper/x", "retired"), ("https://mlanthology.org/x", "other"),
+    ("https://arxiv.org.evil.example/x", "other"), ("https://someone.github.io/project", "primary"),
+])
+def test_sources_are_told_apart(url, kind):
+    from moekb.identifiers import source_kind
+
+    assert source_kind(url) == kind
