@@ -7,7 +7,7 @@ Run from the repository root (gloo on CPU, NCCL with one GPU per rank):
 Every rank holds E / W of the experts and its own micro-batch. The script
 
 1. runs one forward pass and reports, per rank, how many rows it sends to each rank and how many bytes
-   leave the rank, next to the balanced-routing estimate ``k T d b (W - 1) / W`` (docs/impls/scaling-out.md);
+   leave the rank, next to the balanced-routing estimate ``k T d b (W - 1) / W`` (docs/impls/distributed.md);
 2. trains the expert-parallel layer for a few SGD steps, and in the same processes the single-process
    ``SparseMoE`` built from the same seed on all ranks' micro-batches, and compares the weights.
 """

@@ -24,7 +24,7 @@ come first, then rank 1, and so on: the send buffer needs no further permutation
    and ``output_split_sizes = recv_counts.sum(1)``. Dropless routing needs this: the number of rows per
    rank depends on the routing. (DeepSpeed instead pads every expert to capacity ``C`` and sends equal
    ``[E, C, d]`` buffers, ``deepspeed/moe/sharded_moe.py::_AllToAll``; padding costs bandwidth, see
-   docs/impls/scaling-out.md.)
+   docs/impls/distributed.md.)
 3. Received rows are grouped by (source rank, local expert); a stable sort by local expert makes them
    expert-contiguous for the core's ``Experts`` (one ``grouped_mm`` per matrix), and the inverse
    permutation restores the received order.
