@@ -341,7 +341,8 @@ class ContinualAdapterModel(nn.Module):
         self.final_norm = nn.LayerNorm(c.d_model)
         for p in self.parameters():  # everything so far is the frozen backbone
             p.requires_grad_(False)
-        self.register_buffer("class_vectors", F.normalize(torch.randn(c.num_tasks, c.classes_per_task, c.d_model), dim=-1))
+        class_vectors = torch.randn(c.num_tasks, c.classes_per_task, c.d_model)  # CLIP's class-name embeddings
+        self.register_buffer("class_vectors", F.normalize(class_vectors, dim=-1))
         self.adapters = nn.ModuleList(
             AdapterMoE(c.d_model, num_experts=c.num_experts, top_k=c.top_k, num_tasks=c.num_tasks,
                        adapter_dim=c.adapter_dim, adapter_scale=c.adapter_scale, noisy_gating=c.noisy_gating)

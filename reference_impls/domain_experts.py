@@ -39,10 +39,14 @@ Defaults read in the code (``llava_stablelm_moe.py``, ``moe/sharded_moe.py``, ``
 over the two choices, capacity factor 4 for training and evaluation and ``drop_tokens = False``
 (dropless), MoE layers in every other block (``moe_mode = "sparse"``), ``router_aux_loss_coef = 0.01``.
 
-A consequence the code leaves implicit: the router is frozen, so the balance loss it still computes and adds
-(0.01 x ``l_aux``) has no parameter to act on; it changes the reported loss, not training. Here
-:meth:`DomainExpertsLayer.freeze_router` makes the same state explicit, and ``aux_losses`` reports it for
-logging.
+Two consequences the code leaves implicit (both tested):
+
+* the router is frozen, so the balance loss it still computes and adds (0.01 x ``l_aux``) has no parameter
+  to act on; it changes the reported loss, not training. Here :meth:`DomainExpertsLayer.freeze_router`
+  makes the same state explicit, and ``aux_losses`` reports the loss for logging only;
+* at the moment of upcycling the layer computes ``2 FFN(x)``, not ``FFN(x)``: the routed experts are copies
+  of the dense FFN with gates summing to 1, and the meta expert is the dense FFN again, added without a
+  weight. Unlike MoE-LLaVA's upcycling, the function changes, and stage 3 starts by undoing the doubling.
 
 Where this implementation simplifies
 ------------------------------------
@@ -66,7 +70,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from reference_impls.moe import Experts, FeedForward, Routing, combine_by_token, load_balancing_loss, route, sort_by_expert
+from reference_impls.moe import (
+    Experts,
+    FeedForward,
+    Routing,
+    combine_by_token,
+    load_balancing_loss,
+    route,
+    sort_by_expert,
+)
 
 
 @dataclass
@@ -101,9 +113,10 @@ class DomainExpertsLayer(nn.Module):
     @classmethod
     def from_dense(cls, ffn: FeedForward, num_experts: int = 4, top_k: int = 2, *,
                    router: nn.Linear | None = None, meta_expert: bool = True) -> "DomainExpertsLayer":
-        """Stage 3's layer: routed experts are copies of the dense FFN, the meta expert *is* a copy of it too
+        """Stage 3's layer: routed experts are copies of the dense FFN, the meta expert is a copy of it too
         (the code keeps the original module as ``meta_moe`` and deep-copies it into the experts), and the
-        router, if given, is the stage-2 domain classifier (copied, then frozen)."""
+        router, if given, is the stage-2 domain classifier (copied, then frozen). With the meta expert the
+        new layer computes ``2 FFN(x)`` (module docstring)."""
         layer = cls(ffn.fc1.in_features, ffn.fc1.out_features, num_experts, top_k, meta_expert=meta_expert,
                     router_bias=router.bias is not None if router is not None else True)
         layer.experts.copy_from_dense(ffn)
@@ -184,7 +197,8 @@ def active_ffn_parameters(module: nn.Module) -> int:
     """FFN parameters one sample uses: the dense FFN's, or ``k`` experts' plus the meta expert's plus the
     router's for a :class:`DomainExpertsLayer`."""
     if isinstance(module, DomainExpertsLayer):
-        per_expert = sum(p[0].numel() for p in (module.experts.w1, module.experts.w2, module.experts.b1, module.experts.b2))
+        ex = module.experts
+        per_expert = sum(p[0].numel() for p in (ex.w1, ex.w2, ex.b1, ex.b2) if p is not None)
         meta = sum(p.numel() for p in module.meta.parameters()) if module.meta is not None else 0
         return module.top_k * per_expert + meta + sum(p.numel() for p in module.router.parameters())
     return sum(p.numel() for p in module.parameters())

@@ -42,20 +42,20 @@ LLaVA-MoLE, from ``forwchen/LLaVA-MoLE: moe.py``, ``model.py`` and ``llava_mole_
 Kaiming-uniform and ``B`` zero, ``s = alpha / r``, dropout 0.05; balance loss per sample over non-pad
 tokens, with no factor ``E``, averaged over the batch, and a straight-through one-hot
 ``onehot - p.detach() + p`` in it. The released inference config uses ``dense_moe = True``, ``E = 3``,
-``r = 32``, ``alpha = 64``. ``MoLEFeedForward(mode=...)`` chooses how the expert output is weighted,
-because the paper and the code differ:
+``r = 32``, ``alpha = 64``. ``mode=`` (of ``MoLELinear`` and ``MoLEFeedForward``) chooses how the
+expert output is weighted, because the paper and the code differ:
 
 * ``"dense"``: ``sum_e p_e * s B_e A_e x`` over all experts (the released inference config);
 * ``"none"``: the code's sparse path, ``s B_{i*} A_{i*} x`` with **no** gate: the router then learns only
   from the balance loss, never from the task loss (the notes' finding 5);
 * ``"gate"`` (default): ``p_{i*} * s B_{i*} A_{i*} x``, Switch-style, so the task loss reaches the router;
 * ``"straight_through"``: forward value of ``"none"``, gradient of ``"gate"``
-  (``(1 + p_{i*} - p_{i*}.detach()) * ...``).
+  (``(1 + p_{i*} - p_{i*}.detach()) * ...``); this one is ours, not from either source.
 
 Where this simplifies
 ---------------------
-* The frozen base is one ``nn.Linear`` (``MoCLELinear``) or the core's two-matrix ``FeedForward``
-  (``MoLEFeedForward``: LoRA experts on ``fc1`` and ``fc2``). LLaVA-MoLE adapts LLaMA's three MLP
+* The frozen base is one ``nn.Linear`` (``MoCLELinear``, ``MoLELinear``) or the core's two-matrix
+  ``FeedForward`` (``MoLEFeedForward``: LoRA experts on ``fc1`` and ``fc2``). LLaVA-MoLE adapts LLaMA's three MLP
   projections ``gate_proj``, ``up_proj``, ``down_proj`` with one routing decision, and plain LoRA on the
   attention projections; neither transformer is built here.
 * MoCLE's instruction encoder is not included: the caller gives cluster ids. ``kmeans`` and
@@ -244,7 +244,7 @@ def assign_clusters(points: Tensor, centroids: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------
-# LLaVA-MoLE: token-level top-1 routing among LoRA experts of a frozen MLP
+# LLaVA-MoLE: token-level top-1 routing among LoRA experts of a frozen linear layer or MLP
 # ---------------------------------------------------------------------------------------------------
 
 

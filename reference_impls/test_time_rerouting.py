@@ -39,8 +39,9 @@ Two warnings from the notes, both reproduced by ``notebooks/adapter_test_time_re
 * **The official learning rate was tuned for something else.** The released ``evaluate.py`` does not
   optimise routing weights at all: it trains MoAI's six expert attention modules and leaves the gating
   networks frozen, and never resets them between test samples (notes section 0, item 2, and 11.3).
-  ``1e-2`` for 10 Adam steps moves a logit vector by at most about ``0.06``, which rarely changes a
-  decision. The notebook reports the official setting *and* a tuned one (``lr = 1.0``).
+  With ``1e-2`` annealed over 10 Adam steps the step sizes add up to about ``0.055``, so a logit moves
+  by roughly that much (Adam's step is about ``lr`` per step), which rarely changes a decision. The
+  notebook reports the official setting *and* a tuned one (``lr = 1.0``).
 * **The embedding used for the neighbour search decides the result** (notes 11.4). The paper embeds the
   question text with a separate model (NV-Embed-v2); the notebook compares a task embedding with the
   model's own (shifted) router input.

@@ -181,7 +181,8 @@ def test_frozen_experts_get_no_gradient_and_no_optimiser_can_move_them():
     before = {k: v.clone() for k, v in moe.expert_parameters().items()}
     optimiser = torch.optim.AdamW(moe.parameters(), lr=0.1, weight_decay=0.5)  # decay and momentum everywhere
     for step in range(5):
-        out = moe(data(8, 2, D, seed=step), torch.randint(0, TASKS, (8,), generator=torch.Generator().manual_seed(step)))
+        task = torch.randint(0, TASKS, (8,), generator=torch.Generator().manual_seed(step))
+        out = moe(data(8, 2, D, seed=step), task)
         loss = out.output.square().sum()
         optimiser.zero_grad()
         loss.backward()

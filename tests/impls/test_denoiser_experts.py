@@ -111,7 +111,8 @@ def test_ensemble_matches_a_per_sample_loop_values_and_gradients():
 def test_training_below_the_boundary_never_touches_the_high_noise_expert():
     ensemble = NoiseLevelExperts([tiny_denoiser(0), tiny_denoiser(1)], [1.0])
     x, _, label = tiny_batch()
-    denoising_loss(ensemble, x, label, sigma=torch.full((12,), 0.5), generator=torch.Generator().manual_seed(0)).backward()
+    g = torch.Generator().manual_seed(0)
+    denoising_loss(ensemble, x, label, sigma=torch.full((12,), 0.5), generator=g).backward()
     assert all(p.grad is None for p in ensemble.experts[1].parameters())
     assert all(p.grad is not None for p in ensemble.experts[0].net.parameters())
 
@@ -188,7 +189,8 @@ def test_guidance_is_linear_in_w():
     unconditional = ensemble(x, sigma, torch.full_like(label, 4))
     torch.testing.assert_close(guided(ensemble, x, sigma, label, 1.0), conditional)
     torch.testing.assert_close(guided(ensemble, x, sigma, label, 0.0), unconditional)
-    torch.testing.assert_close(guided(ensemble, x, sigma, label, 3.0), unconditional + 3 * (conditional - unconditional))
+    expected = unconditional + 3 * (conditional - unconditional)
+    torch.testing.assert_close(guided(ensemble, x, sigma, label, 3.0), expected)
 
 
 def test_karras_schedule():

@@ -100,7 +100,8 @@ def test_scaler_scales_only_the_preempting_encoder():
     torch.manual_seed(0)
     big, small = nn.Linear(4, 4), nn.Linear(4, 4)
     (10 * big(torch.randn(8, 4)).sum() + small(torch.randn(8, 4)).sum()).backward()
-    before = {n: p.grad.clone() for n, p in [*big.named_parameters(prefix="big"), *small.named_parameters(prefix="small")]}
+    named = [*big.named_parameters(prefix="big"), *small.named_parameters(prefix="small")]
+    before = {n: p.grad.clone() for n, p in named}
     g_big, g_small = average_gradient_norm(big), average_gradient_norm(small)
     report = PreemptionGradientScaler([{"big": big, "small": small}], alphas=2.0)()
     expected = 1 - math.tanh(2.0 * g_big / (g_big + g_small))

@@ -181,7 +181,8 @@
       { selector: "node.hover", style: { "border-width": 2, "border-color": ink } },
       { selector: "edge.hover", style: { "opacity": 1, "width": 2.2 } },
       { selector: "node.chosen", style: {
-        "border-width": 4, "border-color": "#e91e63", "label": "data(label)", "z-index": 10, "font-weight": "bold"
+        "border-width": 4, "border-color": "#e91e63", "label": "data(label)", "z-index": 10, "font-weight": "bold",
+        "underlay-color": "#e91e63", "underlay-opacity": 0.3, "underlay-shape": "ellipse" // a halo, seen when zoomed out
       } },
       { selector: "edge.chosen", style: {
         "opacity": 1, "width": 2.4, "line-color": "#e91e63", "target-arrow-color": "#e91e63"
@@ -214,7 +215,7 @@
       if (i > 0) {
         var gap = year - years[i - 1];
         if (gap === 2) ticks.push({ x: x + band, text: String(year - 1) });
-        if (gap > 2) ticks.push({ x: x + band, text: "…", title: (years[i - 1] + 1) + "–" + (year - 1) });
+        if (gap > 2) ticks.push({ x: x + band, text: "…", gap: true }); // a break in the axis
         x += Math.min(gap, 2) * band;
       }
       ticks.push({ x: x, text: String(year) });
@@ -230,6 +231,10 @@
       });
     });
     return { positions: positions, ticks: ticks };
+  }
+
+  function layoutPadding(name) {
+    return name === "year" ? FIT_PADDING + 16 : FIT_PADDING; // room for the year axis
   }
 
   function readState() {
@@ -337,7 +342,7 @@
 
     var cy = cytoscape({
       container: canvas, elements: elements, style: style(ink, paperColour()),
-      layout: { name: "preset", fit: true, padding: FIT_PADDING },
+      layout: { name: "preset", fit: true, padding: layoutPadding(layoutName) },
       minZoom: 0.05, maxZoom: 4, boxSelectionEnabled: false, autoungrabify: true, autounselectify: true,
       // With thousands of citations, drop edges while panning or zooming so the view keeps up.
       hideEdgesOnViewport: data.edges.length > 3000, textureOnViewport: data.edges.length > 3000
@@ -359,7 +364,7 @@
       var zoom = cy.zoom();
       cy.batch(function () {
         cy.nodes().style({ "font-size": LABEL_PX / zoom, "text-margin-y": 3 / zoom, "text-outline-width": 2 / zoom,
-          "text-max-width": LABEL_MAX_PX / zoom });
+          "text-max-width": LABEL_MAX_PX / zoom, "underlay-padding": 8 / zoom });
       });
     }
     // The median distance from a paper to its nearest neighbour, from a sample (layout units).
@@ -386,7 +391,7 @@
       updateAxis();
     }
     function fitView() {
-      cy.fit(undefined, layoutName === "year" ? FIT_PADDING + 16 : FIT_PADDING);
+      cy.fit(undefined, layoutPadding(layoutName));
       fitted();
     }
     cy.on("zoom", function () {
@@ -396,9 +401,8 @@
 
     // Year ticks under the canvas, in the year layout: DOM labels that follow pan and zoom.
     var ticks = byYear.ticks.map(function (t) {
-      var tick = element("span", { "class": "moekb-explorer__tick" + (t.title ? " moekb-explorer__tick--break" : "") },
+      var tick = element("span", { "class": "moekb-explorer__tick" + (t.gap ? " moekb-explorer__tick--break" : "") },
         t.text);
-      if (t.title) tick.title = t.title;
       axis.appendChild(tick);
       return { node: tick, x: t.x };
     });
@@ -544,7 +548,7 @@
       container.setAttribute("data-layout", name + "-moving");
       var layout = cy.nodes().layout({
         name: "preset", positions: function (node) { return positions[node.id()]; }, fit: true,
-        padding: name === "year" ? FIT_PADDING + 16 : FIT_PADDING,
+        padding: layoutPadding(name),
         animate: Boolean(animate) && !(reduce && reduce.matches) && data.nodes.length <= 3000,
         animationDuration: 450, animationEasing: "ease-in-out-cubic"
       });
