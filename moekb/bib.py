@@ -129,12 +129,25 @@ def join_entries(entries) -> str:
     return bibtex_format().block_separator.join(entries)
 
 
+class MathKeepingDecoder(LatexNodes2Text):
+    """pylatexenc's decoder that leaves inline math (``M$^4$oE``) as written, as the encoder does, and
+    decodes ``\\textasciicircum`` to ``^`` rather than the modifier letter U+02C6."""
+
+    def latex_to_text(self, latex: str, **kwargs) -> str:
+        spans: list[str] = []
+
+        def hold(match: re.Match) -> str:
+            spans.append(match.group())
+            return f"MOEKBMATHSPAN{len(spans) - 1}X"
+
+        text = super().latex_to_text(MATH.sub(hold, latex), **kwargs)
+        return re.sub(r"MOEKBMATHSPAN(\d+)X", lambda m: spans[int(m[1])], text)
+
+
 def latex_decoder() -> LatexNodes2Text:
-    """pylatexenc's decoder, except that ``\\textasciicircum`` (how the encoder writes ``^``)
-    decodes to ``^`` rather than the modifier letter U+02C6, so titles such as M$^4$oE round-trip."""
     context = get_default_latex_context_db().filter_context()
     context.add_context_category("moekb", prepend=True, macros=[MacroTextSpec("textasciicircum", simplify_repl="^")])
-    return LatexNodes2Text(latex_context=context)
+    return MathKeepingDecoder(latex_context=context)
 
 
 def parse_bibtex(text: str) -> Library:

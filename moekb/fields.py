@@ -79,6 +79,11 @@ def published_paper(paper: Paper) -> dict:
     return paper.model_dump(mode="json", exclude_none=True)
 
 
+# The comparison tables' method columns, titled as the model titles them.
+METHOD_COLUMNS = [info.title for info in Method.model_fields.values()]
+NUMERIC_METHOD_COLUMNS = {info.title for name, info in Method.model_fields.items()
+                          if name in ("experts", "top_k", "shared_experts", "params_total", "params_active")}
+
 PAPER_COLUMNS = [name for name in Paper.model_fields if name not in ("method", "summary", "notes")]
 CSV_COLUMNS = [*PAPER_COLUMNS, *[f"method.{name}" for name in Method.model_fields]]
 

@@ -28,7 +28,7 @@ from markupsafe import Markup
 from moekb import markup
 from moekb.bib import bibtex_entries, join_entries
 from moekb.charts import GAP_HEATMAP, PAPERS_PER_YEAR, neighbourhood_svg, render_charts, year_series
-from moekb.fields import field_table, method_rows, published_paper
+from moekb.fields import METHOD_COLUMNS, NUMERIC_METHOD_COLUMNS, field_table, method_rows, published_paper
 from moekb.graph import LIST_SEPARATOR, citation_graph, explorer_data, graph_graphml, graph_json, summarise
 from moekb.identifiers import source_kind
 from moekb.model import KnowledgeBase, Paper, Perspective, Subcategory
@@ -272,7 +272,7 @@ class SiteRenderer:
         years = (min((p.year for p in papers), default=0), max((p.year for p in papers), default=0))
         return TEMPLATES.get_template("papers_table.html").render(
             h=partial(href, source), rows=self.table_rows(source, papers, columns), columns=columns,
-            numeric={"Year", "Experts", "Top-k", "Shared", "Total (B)", "Active (B)"}, filters=options, years=years)
+            numeric={"Year", *NUMERIC_METHOD_COLUMNS}, filters=options, years=years)
 
     def neighbourhood(self, paper: Paper) -> str | None:
         cites = [self.kb.paper[i] for i in paper.cites if i in self.kb.paper]
@@ -422,9 +422,7 @@ class SiteRenderer:
         out += [f"## Methods compared ({len(papers)})", "",
                 "The method facts each paper states; a blank cell means the paper does not state it (nothing is "
                 "estimated). Click a column header to sort.", "",
-                self.papers_table(source, papers, ["Paper", "Method", "Year", "Venue", "Routing", "Experts", "Top-k",
-                                                   "Shared", "Placement", "Total (B)", "Active (B)", "Modalities",
-                                                   "Code", "Weights"]), ""]
+                self.papers_table(source, papers, ["Paper", "Year", "Venue", *METHOD_COLUMNS, "Modalities", "Code"]), ""]
         return "\n".join(out)
 
     def gaps_index(self) -> str:
@@ -484,9 +482,9 @@ class SiteRenderer:
         out = [markup.front_matter("Citation graph"), "# Citation graph", "",
                "Every paper is a node, coloured by perspective and sized by how often it is cited within the knowledge "
                "base; an arrow points from a paper to each paper it cites. Each perspective is a row, each sub-category "
-               "a disc with its most cited papers in the middle. Hollow nodes are papers whose reference list has not "
-               "been read (their citations are incomplete). Tap or hover over a node for its title, click to open it; "
-               "scroll or pinch to zoom, drag to pan.", "",
+               "a disc with its most cited papers in the middle; switch to the year layout for a time axis. Hollow, "
+               "dashed nodes are papers whose reference list has not been read (their citations are incomplete). Select "
+               "a node for its facts and a link to its page; zoom in for labels.", "",
                f'<div id="moekb-explorer" class="moekb-explorer" data-papers="{summary.nodes}" '
                f'data-citations="{summary.edges}"><noscript>The explorer needs JavaScript; the list of papers below '
                "works without it.</noscript></div>", "",

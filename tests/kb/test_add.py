@@ -195,7 +195,7 @@ def test_validate_rejects_the_placeholders_until_a_person_fills_them(project, ca
             "authors": ["William Fedus", "Barret Zoph", "Noam Shazeer"]}),
     (ACL, {"id": "muller2024uber", "doi": "10.18653/v1/2024.acl-long.999", "venue": "ACL", "year": 2024,
            "url": "https://aclanthology.org/2024.acl-long.999", "bibtex_type": "inproceedings",
-           "title": "Über MoE: Experts for α-Tasks & More",
+           "title": "Über MoE: Experts for $\\alpha$-Tasks & More",
            "authors": ["Jörg Müller", "Jan van der Berg", "Søren Østergaard"]}),
     (SCHOLAR, {"id": "lin2024moellava", "venue": "NeurIPS", "year": 2024,
                "title": "MoE-LLaVA: Mixture of Experts for Large Vision-Language Models",

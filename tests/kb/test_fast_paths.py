@@ -40,7 +40,8 @@ def test_libyaml_reading_equals_the_round_trip_or_steps_aside(file):
 
 @pytest.mark.parametrize("text, why", [
     ("a: 1\na: 2\n", "repeated key"),
-    ("arxiv: 2401.12345\n", "a float"),
+    ("x: 1e3\n", "a float with an exponent"),
+    ("x: .inf\n", "an infinite float"),
     ("n: 0o17\n", "an octal integer"),
     ("n: 1_000\n", "an integer with underscores"),
     ("n: 010\n", "an integer with a leading zero"),
@@ -56,9 +57,9 @@ def test_libyaml_steps_aside_for_what_only_ruamel_decides(text, why):
 
 
 def test_yaml_1_2_scalars_read_as_ruamel_reads_them():
-    text = "a: yes\nb: no\nc: on\nd: true\ne: ~\nf: 10\ng: 2024-01-02\nh: '5'\ni: -3\nj:\n"
+    text = "a: yes\nb: no\nc: on\nd: true\ne: ~\nf: 10\ng: 2024-01-02\nh: '5'\ni: -3\nj:\nk: 12.5\nl: 2401.12340\n"
     assert fast_data(text) == {"a": "yes", "b": "no", "c": "on", "d": True, "e": None, "f": 10,
-                               "g": dt.date(2024, 1, 2), "h": "5", "i": -3, "j": None}
+                               "g": dt.date(2024, 1, 2), "h": "5", "i": -3, "j": None, "k": 12.5, "l": 2401.1234}
     assert fast_data(text) == to_plain(round_trip_tree(text, "x.yaml"))
 
 
@@ -70,7 +71,7 @@ def test_lines_are_still_found_for_problems():
 def test_the_ascii_shortcut_encodes_as_pylatexenc_does():
     plain, shortcut = UnicodeToLatexEncoder(conversion_rules=["defaults"]), PlainTextShortcutEncoder()
     samples = [chr(c) for c in range(32, 127)] + [
-        "Mixture-of-Experts: 50% faster & {stable}", "M$^3$oE", "Gödel, Escher ~ Bach", "a_b#c\\d",
+        "Mixture-of-Experts: 50% faster & {stable}", "Gödel, Escher ~ Bach", "a_b#c\\d",
         "https://arxiv.org/abs/2401.12345", "https://example.org/~user/a_b", "plain words only", "",
     ]
     for text in samples:
