@@ -26,12 +26,12 @@ def test_copy_bibtex_from_the_cite_control(site, browser):
     page = context.new_page()
     page.goto(site.url("papers/mustafa2022limoe/"), wait_until="networkidle")
     page.get_by_text("Cite", exact=True).click()
-    block = page.locator("details.quote .language-bibtex").first
+    block = page.locator("details.quote .highlight").nth(0)  # the BibTeX entry, then the reference
     block.hover()
-    block.locator("button.md-clipboard").click()
+    block.locator("button[data-md-type=copy]").click()  # the theme's copy button
     copied = page.evaluate("navigator.clipboard.readText()")
     assert copied.startswith("@inproceedings{mustafa2022limoe,") and "Basil Mustafa and Carlos Riquelme" in copied
-    reference = page.locator("details.quote .language-text").first.inner_text()
+    reference = page.locator("details.quote .highlight").nth(1).inner_text()
     assert "Mustafa, B., Riquelme, C." in reference and "(2022)" in reference
     context.close()
 
@@ -47,7 +47,7 @@ def test_a_math_title_renders_as_math(site, tab):
 
 def test_a_comparison_table_sorts_by_experts(site, tab, artifacts):
     page = tab.page
-    page.goto(site.url("taxonomy/engine/sparse-mllm/"), wait_until="networkidle")
+    page.goto(site.url("taxonomy/engine/multimodal-generation/"), wait_until="networkidle")
     table = page.locator(".moekb-table table").first
     header = table.locator("th", has_text=re.compile(r"^Experts$"))
     column = [t.strip() for t in table.locator("th").all_inner_texts()].index("Experts")
