@@ -13,6 +13,7 @@ own scripts and styles (and CDN URLs) with them, which this site must not have.
 from __future__ import annotations
 
 import base64
+import posixpath
 import binascii
 import json
 import re
@@ -57,7 +58,7 @@ def notebook_page(name: str, text: str, *, download: str, repository: str | None
             f'(`make test` re-runs it with nbval) · [Download the notebook]({download}){badge} · run it with '
             f'`jupyter lab notebooks/{name}`</small>')
     out = [markup.front_matter(notebook_title(name, cells))]
-    folder = name.removesuffix(".ipynb")
+    folder = ""  # the page is notebooks/<name>/index.md and its figures lie beside it
     figures: dict[str, bytes] = {}
     for number, cell in enumerate(cells, start=1):
         source = "".join(cell.get("source", ""))
@@ -105,7 +106,7 @@ def output_block(output: dict, cell_number: int, folder: str, figures: dict[str,
                 return titled_text(f"[an {image_type} output that is not valid base64]", "Output")
             name = f"cell-{cell_number}-{sum(1 for f in figures if f.startswith(f'cell-{cell_number}-')) + 1}.{extension}"
             figures[name] = image
-            return f"![Figure from code cell {cell_number}]({folder}/{name})"
+            return f"![Figure from code cell {cell_number}]({posixpath.join(folder, name)})"
     if "text/plain" in data:
         return titled_text("".join(data["text/plain"]), "Output")
     return ""

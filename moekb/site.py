@@ -62,13 +62,13 @@ SURVEY_ID = "zheng2026tackling"  # the survey this knowledge base follows
 
 # -- where pages live, and the links between them ---------------------------------------------
 def paper_path(paper_id: str) -> str:
-    return f"papers/{paper_id}.md"
+    return f"papers/{paper_id}/index.md"
 
 
 def neighbourhood_path(paper_id: str) -> str:
     """The paper's citation neighbourhood diagram, a file of its own: an inline SVG made every paper
     page several times slower for both engines to parse, and an <object> keeps its links live."""
-    return f"papers/{paper_id}.svg"
+    return f"papers/{paper_id}/neighbourhood.svg"
 
 
 def perspective_path(perspective_id: str) -> str:
@@ -76,15 +76,15 @@ def perspective_path(perspective_id: str) -> str:
 
 
 def subcategory_path(perspective_id: str, subcategory_id: str) -> str:
-    return f"taxonomy/{perspective_id}/{subcategory_id}.md"
+    return f"taxonomy/{perspective_id}/{subcategory_id}/index.md"
 
 
 def gap_path(gap_id: str) -> str:
-    return f"gaps/{gap_id}.md"
+    return f"gaps/{gap_id}/index.md"
 
 
 def code_path(module: str) -> str:
-    return f"code/{posixpath.splitext(posixpath.basename(module))[0]}.md"
+    return f"code/{posixpath.splitext(posixpath.basename(module))[0]}/index.md"
 
 
 def guide_path(module: str) -> str:
@@ -93,7 +93,7 @@ def guide_path(module: str) -> str:
 
 
 def notebook_path(notebook: str) -> str:
-    return f"notebooks/{posixpath.splitext(posixpath.basename(notebook))[0]}.md"
+    return f"notebooks/{posixpath.splitext(posixpath.basename(notebook))[0]}/index.md"
 
 
 def notebook_download_path(notebook: str) -> str:
@@ -102,7 +102,12 @@ def notebook_download_path(notebook: str) -> str:
 
 def url_of(path: str) -> str:
     """The URL (relative to the site root) of a docs file, with directory URLs, as both engines serve
-    them by default: ``papers/x.md`` -> ``papers/x/``, ``papers/index.md`` -> ``papers/``."""
+    them by default: ``papers/x/index.md`` -> ``papers/x/``, ``papers/index.md`` -> ``papers/``.
+
+    Every generated page is an ``index.md`` in a folder of its own, so that its folder and its URL's
+    folder are the same: a relative link in an HTML block then reads the same whether an engine takes
+    it relative to the page's URL (mkdocs leaves HTML as written) or to the page's file (Zensical
+    re-resolves it)."""
     if path == "index.md" or path.endswith("/index.md"):
         return path[: -len("index.md")]
     if path.endswith(".md"):
@@ -279,10 +284,10 @@ class SiteRenderer:
         cited_by = [self.kb.paper[i] for i in self.kb.cited_by.get(paper.id, [])]
         if not (cites or cited_by):
             return None
-        # the SVG is opened from papers/<id>.svg, so its links are relative to papers/
+        # the SVG lies beside the paper's page, so its links are relative to papers/<id>/
         return neighbourhood_svg(paper, cited_by[:NEIGHBOURS_IN_DIAGRAM], cites[:NEIGHBOURS_IN_DIAGRAM],
                                  more=(len(cited_by) - NEIGHBOURS_IN_DIAGRAM, len(cites) - NEIGHBOURS_IN_DIAGRAM),
-                                 href=lambda p: f"{p.id}/")
+                                 href=lambda p: href(paper_path(paper.id), paper_path(p.id)))
 
     # -- pages ----------------------------------------------------------------------------
     def paper_page(self, paper: Paper) -> str:
@@ -690,10 +695,10 @@ def render_site(kb: KnowledgeBase, *, implementations: dict[str, str] | None = N
         files[code_path(module)] = site.code_page(module, source_text)
     for name, notebook_text in kb.notebooks.items():
         files[notebook_download_path(name)] = published_notebook(notebook_text, site.repository)
-        page, figures = notebook_page(name, notebook_text, download=posixpath.basename(notebook_download_path(name)),
+        page, figures = notebook_page(name, notebook_text, download=doc_link(notebook_path(name), notebook_download_path(name)),
                                       repository=site.repository)
         files[notebook_path(name)] = page
-        folder = posixpath.splitext(notebook_path(name))[0]
+        folder = posixpath.dirname(notebook_path(name))
         files.update({f"{folder}/{figure}": data for figure, data in figures.items()})
     for name, svg in render_charts(kb).items():
         files[posixpath.join(posixpath.dirname(CHARTS_PAGE), name)] = svg

@@ -41,17 +41,17 @@ def test_every_page_is_generated(small_project):
     files = render_site(kb)
     for name in ("taxonomy/index.md", "papers/index.md", "gaps/index.md", "downloads/index.md",
                  "downloads/papers.bib", "downloads/papers.json", "snippets/home.md",
-                 "papers/lovelace2024test.md", "papers/turing2024other.md",
-                 "taxonomy/engine/index.md", "taxonomy/engine/sparse-mllm.md",
-                 "taxonomy/adapter/missing-modality.md", "gaps/interpretable-routing.md"):
+                 "papers/lovelace2024test/index.md", "papers/turing2024other/index.md",
+                 "taxonomy/engine/index.md", "taxonomy/engine/sparse-mllm/index.md",
+                 "taxonomy/adapter/missing-modality/index.md", "gaps/interpretable-routing/index.md"):
         assert name in files, name
     subcategories = sum(len(p.subcategories) for p in kb.taxonomy.perspectives)
-    assert sum(1 for f in files if f.startswith("taxonomy/") and not f.endswith("index.md")) == subcategories
+    assert sum(1 for f in files if f.startswith("taxonomy/") and f.count("/") == 3) == subcategories  # taxonomy/<p>/<s>/index.md
 
 
 def test_paper_page_links_identifiers_and_both_citation_directions(small_project):
     files = render_site(load_knowledge_base(small_project))
-    citing, cited = files["papers/lovelace2024test.md"], files["papers/turing2024other.md"]
+    citing, cited = files["papers/lovelace2024test/index.md"], files["papers/turing2024other/index.md"]
     assert '<a href="https://arxiv.org/abs/2401.12345">https://arxiv.org/abs/2401.12345</a>' in citing
     assert '<a href="https://arxiv.org/pdf/2401.12345">' in citing
     assert "### Cites (1)" in citing and '<a href="../turing2024other/">Routing Without Tears</a>' in citing
@@ -63,14 +63,15 @@ def test_paper_page_links_identifiers_and_both_citation_directions(small_project
 
 
 def test_links_between_pages_are_directory_urls_for_html_and_files_for_markdown():
-    assert href("papers/a.md", "papers/b.md") == "../b/"
-    assert href("papers/index.md", "papers/b.md") == "b/"
-    assert href("papers/a.md", "taxonomy/engine/index.md") == "../../taxonomy/engine/"
-    assert href("taxonomy/engine/sparse-mllm.md", "index.md") == "../../../"
+    assert href("papers/a/index.md", "papers/b/index.md") == "../b/"
+    assert href("papers/index.md", "papers/b/index.md") == "b/"
+    assert href("papers/a/index.md", "taxonomy/engine/index.md") == "../../taxonomy/engine/"
+    assert href("taxonomy/engine/sparse-mllm/index.md", "index.md") == "../../../"
     assert href("graph/index.md", "assets/javascripts/explorer.js") == "../assets/javascripts/explorer.js"
-    assert href("gaps/index.md", "gaps/x.md#engine") == "x/#engine"
-    assert doc_link("taxonomy/engine/index.md", "taxonomy/engine/sparse-mllm.md") == "sparse-mllm.md"
-    assert doc_link("gaps/index.md", "gaps/x.md#engine") == "x.md#engine"
+    assert href("gaps/index.md", "gaps/x/index.md#engine") == "x/#engine"
+    assert href("papers/a/index.md", "papers/a/neighbourhood.svg") == "neighbourhood.svg"
+    assert doc_link("taxonomy/engine/index.md", "taxonomy/engine/sparse-mllm/index.md") == "sparse-mllm/index.md"
+    assert doc_link("gaps/index.md", "gaps/x/index.md#engine") == "x/index.md#engine"
 
 
 def test_gap_matrix_counts_papers_per_perspective(small_project):
@@ -78,13 +79,13 @@ def test_gap_matrix_counts_papers_per_perspective(small_project):
     row = next(line for line in page.splitlines() if line.startswith("| [Interpretable routing]"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     # engine, learner, adapter, foundations, total
-    assert cells[1:] == ["[1](interpretable-routing.md#engine)", "0", "[1](interpretable-routing.md#adapter)", "0", "2"]
+    assert cells[1:] == ["[1](interpretable-routing/index.md#engine)", "0", "[1](interpretable-routing/index.md#adapter)", "0", "2"]
 
 
 def test_home_counts_and_latest_additions(small_project):
     snippet = render_site(load_knowledge_base(small_project))["snippets/home.md"]
     assert "| **All** |" in snippet and "**2**" in snippet
-    assert "(papers/turing2024other.md)" in snippet
+    assert "(papers/turing2024other/index.md)" in snippet
 
 
 def test_contributor_text_is_escaped(make_project):
@@ -180,10 +181,10 @@ def test_generate_is_deterministic(small_project):
 def test_subcategory_pages_link_code_notebook_and_guide():
     kb = load_knowledge_base(ROOT)
     files = render_site(kb, implementations={"reference_impls/conf_gate.py": "x = 1\n"}, guides={"conf_gate.md"})
-    page = files["taxonomy/adapter/missing-modality.md"]
-    assert "[reference\\_impls/conf\\_gate\\.py](../../code/conf_gate.md)" in page
-    assert "[guide](../../impls/conf_gate.md)" in page
-    bare = render_site(kb, implementations={"reference_impls/conf_gate.py": "x = 1\n"})["taxonomy/adapter/missing-modality.md"]
+    page = files["taxonomy/adapter/missing-modality/index.md"]
+    assert "[reference\\_impls/conf\\_gate\\.py](../../../code/conf_gate/index.md)" in page
+    assert "[guide](../../../impls/conf_gate.md)" in page
+    bare = render_site(kb, implementations={"reference_impls/conf_gate.py": "x = 1\n"})["taxonomy/adapter/missing-modality/index.md"]
     assert "[guide]" not in bare
 
 
@@ -194,8 +195,8 @@ def test_a_paper_with_a_reference_implementation_links_to_it():
     files = render_site(kb, implementations={o.reference_impl: "x = 1\n" for o in owners}, guides=set())
     for owner in owners:
         for paper_id in owner.implements:
-            page = files[f"papers/{paper_id}.md"]
-            assert "## Run it" in page and "../../code/" in page, paper_id
+            page = files[f"papers/{paper_id}/index.md"]
+            assert "## Run it" in page and "../../code/" in page, paper_id  # an HTML link: URL-relative
 
 
 def test_bibtex_keeps_math_in_titles_and_reads_back(make_project):

@@ -179,12 +179,12 @@ def test_site_has_explorer_charts_and_graph_downloads(small_kb):
         svg = files[f"charts/{name}"]
         assert svg.lstrip().startswith("<?xml") and "<svg" in svg
         assert f"]({name})" in files["charts/index.md"]
-    assert "### Neighbourhood" in files["papers/b2023x.md"] and "### Neighbourhood" not in files["papers/d2021x.md"]
-    assert '<object data="../b2023x.svg"' in files["papers/b2023x.md"]
-    svg = files["papers/b2023x.svg"]  # opened from papers/, so its links are relative to that folder
+    assert "### Neighbourhood" in files["papers/b2023x/index.md"] and "### Neighbourhood" not in files["papers/d2021x/index.md"]
+    assert '<object data="neighbourhood.svg"' in files["papers/b2023x/index.md"]
+    svg = files["papers/b2023x/neighbourhood.svg"]  # beside the page, so its links are relative to papers/b2023x/
     # b is cited by a and e and cites c: each neighbour is a link to its page, b itself too
-    assert sorted(re.findall(r'<a href="([a-z0-9]+)/" target="_top">', svg)) == ["a2024x", "b2023x", "c2022x", "e2025x"]
-    assert "papers/d2021x.svg" not in files
+    assert sorted(re.findall(r'<a href="\.\./([a-z0-9]+)/" target="_top">', svg)) == ["a2024x", "b2023x", "c2022x", "e2025x"]
+    assert "papers/d2021x/neighbourhood.svg" not in files
     # the explorer's library is loaded by the graph page alone
     assert "cytoscape.min.js" in page
     assert not any("cytoscape" in text for name, text in files.items() if name.endswith(".md") and name != "graph/index.md")

@@ -100,7 +100,10 @@ class PageScan(HTMLParser):
             value = (attrs.get(name) or "").strip().lower()
             if value.startswith(("javascript:", "data:", "vbscript:")) or "evil.example" in value and tag != "a":
                 self.live.append(f"<{tag} {name}={attrs[name]!r}>")
-        if tag in ("iframe", "object", "embed", "svg", "form", "base", "meta") and any("pwn" in (v or "") for v in attrs.values()):
+        # a <meta name="description"> holds the summary as its (escaped) content: text, not markup
+        inert = {"content"} if tag == "meta" and attrs.get("name") == "description" and "http-equiv" not in attrs else set()
+        if tag in ("iframe", "object", "embed", "svg", "form", "base", "meta") and any(
+                "pwn" in (v or "") for k, v in attrs.items() if k not in inert):
             self.live.append(f"<{tag}>")
         if tag == "img" and "pwn" in " ".join(v or "" for v in attrs.values()):
             self.live.append(f"<img {attrs}>")

@@ -47,7 +47,7 @@ def test_cells_become_markdown_code_blocks_and_titled_outputs():
     assert '```text title="Output"\n1\n```' in page
     assert '````text title="Messages"\ncareful ```\n````' in page  # a fence no output can close
     assert page.count("```python") == 4
-    assert "![Figure from code cell 4](demo/cell-4-1.png)" in page
+    assert "![Figure from code cell 4](cell-4-1.png)" in page  # the page and its figures share a folder
     assert figures == {"cell-4-1.png": base64.b64decode(PNG)}
     assert "<Figure>" not in page  # the image stands for the figure, not its text form
     assert '```text title="ZeroDivisionError"\nZeroDivisionError: division by zero\n```' in page  # colours stripped

@@ -139,7 +139,7 @@ def test_the_generator_reads_the_corpus_from_moekb_papers(corpus, monkeypatch):
     monkeypatch.setenv("MOEKB_PAPERS", str(corpus))
     kb, files = generate(ROOT)
     assert len(kb.papers) == N
-    assert sum(1 for name in files if name.startswith("papers/") and name.endswith(".md") and name != "papers/index.md") == N
+    assert sum(1 for name in files if name.startswith("papers/") and name.endswith("/index.md") and name != "papers/index.md") == N
 
 
 def build_site(corpus: Path, project: Path, **env: str) -> Path:
@@ -204,8 +204,8 @@ def test_perspective_pages_stay_short_as_the_corpus_grows(tmp_path):
         for sub in perspective.subcategories:
             n = len(kb.in_subcategory(sub.id))
             if n > PAPERS_PER_SUBCATEGORY_ON_PERSPECTIVE:
-                assert f"[all {n}]({sub.id}.md)" in page
-            sub_page = files[f"taxonomy/{perspective.id}/{sub.id}.md"]
+                assert f"[all {n}]({sub.id}/index.md)" in page
+            sub_page = files[f"taxonomy/{perspective.id}/{sub.id}/index.md"]
             assert sub_page.count('><td><a href="../../../papers/') == n
 
 
@@ -220,8 +220,8 @@ def test_every_link_on_a_generated_page_reaches_a_built_page(built_site, kb):
         assert not re.search(r'href="[^":]*\.md[#"]', html), page  # no link left pointing at a source file
     for paper in kb.papers[:5]:
         html = (built_site / "papers" / paper.id / "index.html").read_text(encoding="utf-8")
-        assert 'aria-label="Table of contents"' in html and 'href="#bibtex" class="md-nav__link"' in html
+        assert 'aria-label="Table of contents"' in html and 'href="#summary" class="md-nav__link"' in html
     listing = (built_site / "papers" / "index.html").read_text(encoding="utf-8")
-    assert listing.count('><td><a href="') == N
+    assert listing.count('" data-id="') == N  # one row per paper
     notebook = built_site / "notebooks" / "engine_moe_llava" / "index.html"
     assert [t for t in internal_targets(notebook) if t.endswith(".png")], "the notebook's figures are linked files"
