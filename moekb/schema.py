@@ -7,11 +7,24 @@ as enums and the identifier patterns added; ``moekb validate`` remains the autho
 
 from __future__ import annotations
 
+import re
+
+from moekb import identifiers
 from moekb.fields import IDENTIFIERS
 from moekb.model import Paper, Taxonomy
 
 SCHEMA_PATH = "schema/paper.schema.json"
 MODELINE = f"# yaml-language-server: $schema=../{SCHEMA_PATH}"
+
+
+def ecma(pattern: re.Pattern) -> str:
+    """A Python expression as JSON Schema writes it: named groups become plain groups (names may
+    repeat across alternatives), and (JSON Schema has no flags) an IGNORECASE expression spells out
+    its upper-case letters."""
+    text = re.sub(r"\(\?P<\w+>", "(?:", pattern.pattern)
+    if pattern.flags & re.IGNORECASE:
+        text = text.replace("a-z", "a-zA-Z").replace("https?", "[hH][tT][tT][pP][sS]?")
+    return text
 
 
 def paper_schema(taxonomy: Taxonomy) -> dict:
@@ -42,12 +55,13 @@ def paper_schema(taxonomy: Taxonomy) -> dict:
     method = schema["$defs"]["Method"]["properties"]
     restrict("routing", list(taxonomy.routing), method)
     restrict("placement", list(taxonomy.placement), method)
-    props["id"]["pattern"] = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
-    props["arxiv"]["anyOf"][0]["pattern"] = r"^(\d{4}\.\d{4,5}|[a-z]+(-[a-z]+)?(\.[A-Z]{2})?/\d{7})(v[1-9]\d*)?$"
-    props["doi"]["anyOf"][0]["pattern"] = r"^10\.\d{4,9}/\S+$"
+    # The identifier rules are moekb.identifiers' own expressions, in the JSON Schema (ECMA) dialect.
+    props["id"]["pattern"] = ecma(identifiers.SLUG)
+    props["arxiv"]["anyOf"][0]["pattern"] = f"(?:{ecma(identifiers.NEW_ARXIV)})|(?:{ecma(identifiers.OLD_ARXIV)})"
+    props["doi"]["anyOf"][0]["pattern"] = ecma(identifiers.DOI)
     for name in ("url", "code", "references_from"):
-        props[name]["anyOf"][0]["pattern"] = r"^https?://\S+$"
-    props["verified_from"]["items"]["pattern"] = r"^https?://\S+$"
+        props[name]["anyOf"][0]["pattern"] = ecma(identifiers.URL)
+    props["verified_from"]["items"]["pattern"] = ecma(identifiers.URL)
     props["added"] = {"type": "string", "format": "date", "description": props["added"].get("description", "")}
     schema["allOf"] = [
         {"anyOf": [{"required": [name]} for name in IDENTIFIERS]},

@@ -209,3 +209,29 @@ def test_bibtex_keeps_math_in_titles_and_reads_back(make_project):
     assert "title = {{M$^4$oE: Experts \\& \\$100 Costs}}" in text  # math kept; a lone $ and & escaped
     [new] = entries_from_bibtex(text.encode(), "x.bib", kb.taxonomy)
     assert new.fields["title"] == "M$^4$oE: Experts & $100 Costs"
+
+
+def test_recently_added_page_and_a_valid_atom_feed(make_project):
+    import feedparser
+
+    project = make_project({
+        "lovelace2024test.yaml": entry("lovelace2024test", "Experts <for> Everyone", "2401.12345") + "added: 2026-12-01\n",
+        "turing2024other.yaml": entry("turing2024other", "Routing & More", "2402.12345") + "added: 2026-11-02\n",
+    })
+    kb = load_knowledge_base(project)
+    files = render_site(kb, site_url="https://example.org/moekb/")
+    feed = feedparser.parse(files["recent/feed.xml"])
+    assert not feed.bozo, feed.get("bozo_exception")
+    assert feed.feed.title.startswith("moekb") and feed.version == "atom10"
+    assert [e.link for e in feed.entries] == ["https://example.org/moekb/papers/lovelace2024test/",
+                                              "https://example.org/moekb/papers/turing2024other/"]  # newest first
+    assert feed.entries[0].title == "Experts <for> Everyone"  # escaped in the XML, read back as written
+    assert all(e.updated.startswith(str(kb.paper[e.link.split("/")[-2]].added)) for e in feed.entries)
+    assert "## " in files["recent/index.md"] and "feed.xml" in files["recent/index.md"]
+    relative = feedparser.parse(render_site(kb)["recent/feed.xml"])  # no site address: links relative to the feed
+    assert not relative.bozo and all(e.link.endswith("/") for e in relative.entries)
+
+
+def test_start_here_lists_papers_per_perspective(small_project):
+    page = render_site(load_knowledge_base(small_project))["start/index.md"]
+    assert "## MoE as an Efficient Multimodal Engine" in page and "papers/lovelace2024test/index.md" in page

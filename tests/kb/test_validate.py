@@ -169,3 +169,25 @@ def test_sources_are_told_apart(url, kind):
     from moekb.identifiers import source_kind
 
     assert source_kind(url) == kind
+
+
+def test_every_entry_satisfies_the_json_schema_whose_patterns_come_from_the_identifier_rules():
+    import json
+
+    import jsonschema
+    import yaml
+
+    from moekb import identifiers
+
+    schema = json.loads((ROOT / "schema" / "paper.schema.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    for path in sorted((ROOT / "papers").glob("*.yaml")):
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if "added" in data:
+            data["added"] = str(data["added"])
+        assert list(validator.iter_errors(data)) == [], path.name
+    arxiv = jsonschema.Draft202012Validator(schema["properties"]["arxiv"])
+    for value in ("2206.02770", "2206.02770v2", "hep-th/9901001", "0704.0001"):
+        assert arxiv.is_valid(value) and not identifiers.arxiv_problem(value), value
+    for value in ("2206.0277", "22O6.02770", "https://arxiv.org/abs/2206.02770"):
+        assert not arxiv.is_valid(value) and identifiers.arxiv_problem(value), value
