@@ -68,12 +68,16 @@ def title_html(text: str) -> Markup:
         else words(part) for part in MATH.split(text) if part)
 
 
-def front_matter(title: str, description: str | None = None) -> str:
+def front_matter(title: str, description: str | None = None, *, searched: bool = True) -> str:
     """A page's front matter: its title and description, HTML-escaped. The theme writes them into the
-    header, ``<title>`` and ``<meta name="description">`` as they are (no escaping of its own)."""
+    header, ``<title>`` and ``<meta name="description">`` as they are (no escaping of its own).
+    ``searched=False`` keeps a page that lists every paper out of both engines' search indexes: each
+    paper has a page of its own there, and Zensical refuses a field of more than 32,768 words."""
     lines = [f"title: {yaml_json_string(str(inert_html(title)))}"]
     if description:
         lines.append(f"description: {yaml_json_string(str(inert_html(description)))}")
+    if not searched:
+        lines.append("search:\n  exclude: true")
     return "---\n" + "\n".join(lines) + "\n---\n"
 
 
@@ -112,9 +116,8 @@ def json_for_script(value: object) -> str:
     return JSON_STRING.sub(lambda m: m.group().replace("[", "\\u005b").replace("]", "\\u005d"), text)
 
 
-def table(header: list[str], rows: list[list[str]], attrs: str = "") -> str:
-    """A Markdown table whose cells are already escaped; ``attrs`` go to a wrapping div."""
+def table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table whose cells are already escaped."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell or " " for cell in row) + " |" for row in rows]
-    body = "\n".join(lines)
-    return f'<div {attrs} markdown="1">\n\n{body}\n\n</div>' if attrs else body
+    return "\n".join(lines)

@@ -352,7 +352,7 @@ class SiteRenderer:
         table = self.papers_table(source, self.kb.papers, ["Paper", "Method", "Authors", "Year", "Venue", "Sub-category",
                                                            "Domain", "Modalities", "arXiv"], filters=True)
         return "\n".join([
-            markup.front_matter("All papers"), "# All papers", "",
+            markup.front_matter("All papers", searched=False), "# All papers", "",
             f"{len(self.kb.papers)} method papers; the [{len(self.kb.surveys)} surveys]({doc_link(source, SURVEYS_PAGE)}) "
             "are listed on their own page. Click a column header to sort. The filters are kept in the address, so a "
             "filtered view can be shared.", "", table])
@@ -484,7 +484,7 @@ class SiteRenderer:
             for i, n, rank in summary.most_cited]
         items = [Markup('<li><a href="{}" data-moekb-paper="{}">{}</a> ({})</li>').format(
             href(source, paper_path(p.id)), p.id, markup.title_html(p.title), p.year) for p in self.kb.papers]
-        out = [markup.front_matter("Citation graph"), "# Citation graph", "",
+        out = [markup.front_matter("Citation graph", searched=False), "# Citation graph", "",
                "Every paper is a node, coloured by perspective and sized by how often it is cited within the knowledge "
                "base; an arrow points from a paper to each paper it cites. Each perspective is a row, each sub-category "
                "a disc with its most cited papers in the middle; switch to the year layout for a time axis. Hollow, "
@@ -494,6 +494,7 @@ class SiteRenderer:
                f'data-citations="{summary.edges}"><noscript>The explorer needs JavaScript; the list of papers below '
                "works without it.</noscript></div>", "",
                f'<script id="moekb-graph-data">window.moekbGraphData = {markup.json_for_script(explorer_data(self.kb, graph))};</script>',
+               f'<link rel="stylesheet" href="{href(source, "assets/stylesheets/explorer.css")}">',
                f'<script src="{href(source, "assets/vendor/cytoscape/cytoscape.min.js")}"></script>',
                f'<script src="{href(source, "assets/javascripts/explorer.js")}"></script>', "",
                f"**{summary.nodes} papers, {summary.edges} citations, {summary.components} connected components** (the "
