@@ -92,7 +92,9 @@ def test_contributing_links_resolve():
 def hook_command() -> list[str]:
     config = load_yaml(ROOT / ".pre-commit-config.yaml")
     [repo] = config["repos"]
-    [hook] = repo["hooks"]
+    hooks = {hook["id"]: hook for hook in repo["hooks"]}
+    assert set(hooks) == {"moekb-validate", "ruff"}
+    hook = hooks["moekb-validate"]
     assert (repo["repo"], hook["language"], hook["pass_filenames"]) == ("local", "system", False)
     assert re.match(hook["files"], "papers/x.yaml") and re.match(hook["files"], "taxonomy/gaps.yaml")
     assert not re.match(hook["files"], "moekb/cli.py")
