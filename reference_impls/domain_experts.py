@@ -210,17 +210,20 @@ def domain_expert_agreement(expert_index: Tensor, domains: Tensor, num_experts: 
 
     Returns ``(accuracy, table)``: ``table [D, E]`` counts samples of domain ``d`` whose first choice is
     expert ``e``; ``accuracy`` is the fraction of samples routed to "their" expert under the best
-    one-to-one matching of domains to experts (Hungarian algorithm, ``scipy.optimize.linear_sum_assignment``).
+    one-to-one matching of domains to experts (a maximum-weight bipartite matching, ``networkx``).
     1.0 when every domain has an expert of its own; at most the largest domain's share when all samples go
     to one expert. It needs no fixed mapping, so it also scores a router that was never shown the labels.
     """
-    from scipy.optimize import linear_sum_assignment
+    import networkx as nx  # a dependency of moekb itself; only this score needs it
 
     num_domains = int(domains.max()) + 1
     table = torch.zeros(num_domains, num_experts, dtype=torch.long)
     table.index_put_((domains, expert_index[:, 0]), torch.ones_like(domains), accumulate=True)
-    rows, cols = linear_sum_assignment(table.numpy(), maximize=True)
-    return float(table[rows, cols].sum()) / domains.numel(), table
+    graph = nx.Graph()
+    graph.add_weighted_edges_from((("domain", d), ("expert", e), int(table[d, e]))
+                                  for d in range(num_domains) for e in range(num_experts) if table[d, e] > 0)
+    matched = sum(graph[a][b]["weight"] for a, b in nx.max_weight_matching(graph))
+    return matched / domains.numel(), table
 
 
 __all__ = [

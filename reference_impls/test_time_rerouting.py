@@ -251,6 +251,16 @@ def neighbourhood_gradient_descent(model: RoutedClassifier, router_logits: Tenso
     Returns:
         ``[B, E]`` the optimised logits ``r*``. Equal to optimising every sample on its own.
     """
+    def loss(logits: Tensor) -> Tensor:
+        return neighbourhood_loss(model, logits, reference, index, kernel).sum()  # sum_i L_i(r_i)
+
+    return optimise_routing(model, router_logits, loss, steps=steps, lr=lr, min_lr=min_lr)
+
+
+def optimise_routing(model: RoutedClassifier, router_logits: Tensor, objective, *, steps: int, lr: float,
+                     min_lr: float) -> Tensor:
+    """``steps`` Adam steps on the routing logits ``[B, E]`` against ``objective(logits) -> scalar``, the
+    learning rate annealed by a cosine schedule from ``lr`` to ``min_lr``; the model stays as it is."""
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
         p.requires_grad_(False)  # only the routing logits move
@@ -259,7 +269,7 @@ def neighbourhood_gradient_descent(model: RoutedClassifier, router_logits: Tenso
         optimiser = torch.optim.Adam([logits], lr=lr)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=steps, eta_min=min_lr)
         for _ in range(steps):
-            loss = neighbourhood_loss(model, logits, reference, index, kernel).sum()  # sum_i L_i(r_i)
+            loss = objective(logits)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -327,24 +337,11 @@ def entropy_rerouting(model: RoutedClassifier, content: Tensor, router_logits: T
     """No-reference control: the same optimiser on each sample's routing logits, minimising the entropy
     of the sample's *own* prediction ``H(softmax(f(x; r)))`` (TENT-style confidence), not a
     neighbourhood loss. Returns the new logits ``[B, E]``."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        logits = router_logits.detach().clone().float().requires_grad_(True)
-        optimiser = torch.optim.Adam([logits], lr=lr)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=steps, eta_min=min_lr)
-        for _ in range(steps):
-            p = torch.softmax(model(content, router_logits=logits).logits, -1)
-            entropy = -torch.special.xlogy(p, p).sum()
-            optimiser.zero_grad()
-            entropy.backward()
-            optimiser.step()
-            schedule.step()
-    finally:
-        for p in params:
-            p.requires_grad_(True)
-    return logits.detach()
+    def entropy(logits: Tensor) -> Tensor:
+        p = torch.softmax(model(content, router_logits=logits).logits, -1)
+        return -torch.special.xlogy(p, p).sum()
+
+    return optimise_routing(model, router_logits, entropy, steps=steps, lr=lr, min_lr=min_lr)
 
 
 @torch.no_grad()

@@ -99,17 +99,22 @@ class Tab:
         assert self.errors == [], "console errors"
 
 
-@pytest.fixture
-def tab(browser):
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, service_workers="block")
+def recording_tab(browser, **context_options):
+    """A new context and page whose requests (the page's and its workers') and console errors are kept."""
+    context = browser.new_context(service_workers="block", **context_options)
     page = context.new_page()
     record = Tab(page)
-    # The context sees the requests of the page and of its workers (Material's search worker).
     context.on("request", lambda request: record.requests.append(request.url))
     page.on("console", lambda message: record.errors.append(f"console {message.type}: {message.text}")
             if message.type == "error" else None)
     page.on("pageerror", lambda error: record.errors.append(f"page error: {error}"))
     page.set_default_timeout(15_000)
+    return context, record
+
+
+@pytest.fixture
+def tab(browser):
+    context, record = recording_tab(browser, viewport={"width": 1280, "height": 900})
     yield record
     context.close()
 

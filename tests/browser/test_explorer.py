@@ -9,11 +9,11 @@ also write the screenshots the documentation shows (docs/assets/screenshots/expl
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from conftest import recording_tab
 from test_site import GRAPH, HIDE_HEADER, node_on_screen, open_explorer
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "assets" / "screenshots"
@@ -26,32 +26,11 @@ def graph(site) -> dict:
     return site.json("downloads/graph.json")
 
 
-@dataclass
-class Phone:
-    """A phone-sized tab with touch, recording requests and console errors like the ``tab`` fixture."""
-
-    page: object
-    requests: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-    def assert_clean(self) -> None:
-        foreign = [url for url in self.requests
-                   if not (urlsplit(url).scheme in ("data", "blob") or urlsplit(url).hostname == "127.0.0.1")]
-        assert foreign == [], "requests left 127.0.0.1"
-        assert self.errors == [], "console errors"
-
-
 @pytest.fixture
 def phone(browser):
-    context = browser.new_context(viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True,
-                                  device_scale_factor=2, service_workers="block")
-    page = context.new_page()
-    record = Phone(page)
-    context.on("request", lambda request: record.requests.append(request.url))
-    page.on("console", lambda message: record.errors.append(f"console {message.type}: {message.text}")
-            if message.type == "error" else None)
-    page.on("pageerror", lambda error: record.errors.append(f"page error: {error}"))
-    page.set_default_timeout(15_000)
+    """A phone-sized tab with touch, recording requests and console errors like the ``tab`` fixture."""
+    context, record = recording_tab(browser, viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True,
+                                    device_scale_factor=2)
     yield record
     context.close()
 
