@@ -1,9 +1,9 @@
 """The citation graph of the knowledge base: its headline figures, its exports, the explorer's data.
 
-The graph is plain data (:class:`CitationGraph`): what the site and the exports need, on every
-build, without importing networkx, which alone takes a seventh of a second. :func:`to_networkx`
-gives it as a ``networkx.DiGraph`` for analysis, and the tests check every figure and export
-here against networkx's own.
+The graph is plain data (:class:`CitationGraph`: ids, attributes, edges in the entries' order);
+components, cycles' groups and GraphML go through networkx (``bare_networkx``, :func:`to_networkx`
+for analysis with every attribute). PageRank is a short power iteration of our own: networkx's needs
+scipy, whose import alone takes longer than the build; a test compares the two.
 
 An edge ``a -> b`` means paper ``a`` cites paper ``b``; only citations between entries exist
 (validation rejects a ``cites`` id that is not an entry). Node attributes carry what the
@@ -25,7 +25,6 @@ import math
 import re
 from collections import deque
 from dataclasses import dataclass, field
-from xml.sax.saxutils import escape, quoteattr
 
 from moekb.charts import perspective_colours
 from moekb.errors import Problem
@@ -132,46 +131,21 @@ def pagerank(graph: CitationGraph, *, alpha: float = 0.85, max_iter: int = 100, 
     raise PageRankDidNotConverge(f"PageRank did not converge in {max_iter} iterations")
 
 
+def bare_networkx(graph: CitationGraph):
+    """The citations as a ``networkx.DiGraph`` of ids alone: what the graph algorithms need."""
+    import networkx as nx
+
+    out = nx.DiGraph()
+    out.add_nodes_from(graph.nodes)
+    out.add_edges_from(graph.edges)
+    return out
+
+
 def strongly_connected_components(graph: CitationGraph) -> list[set[str]]:
-    """Tarjan's algorithm, without recursion (a citation chain can be thousands of papers long)."""
-    order: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    components: list[set[str]] = []
-    for root in graph.nodes:
-        if root in order:
-            continue
-        work = [(root, iter(graph.cites[root]))]
-        order[root] = low[root] = len(order)
-        stack.append(root)
-        on_stack.add(root)
-        while work:
-            node, successors = work[-1]
-            for successor in successors:
-                if successor not in order:
-                    order[successor] = low[successor] = len(order)
-                    stack.append(successor)
-                    on_stack.add(successor)
-                    work.append((successor, iter(graph.cites[successor])))
-                    break
-                if successor in on_stack:
-                    low[node] = min(low[node], order[successor])
-            else:
-                work.pop()
-                if work:
-                    parent = work[-1][0]
-                    low[parent] = min(low[parent], low[node])
-                if low[node] == order[node]:
-                    component = set()
-                    while True:
-                        member = stack.pop()
-                        on_stack.discard(member)
-                        component.add(member)
-                        if member == node:
-                            break
-                    components.append(component)
-    return components
+    """Groups of papers that cite each other round in a loop (networkx's iterative Tarjan)."""
+    import networkx as nx
+
+    return [set(component) for component in nx.strongly_connected_components(bare_networkx(graph))]
 
 
 def shortest_cycle_through(graph: CitationGraph, start: str, within: set[str]) -> list[str]:
@@ -214,21 +188,9 @@ def cycle_warnings(graph: CitationGraph) -> list[Problem]:
 
 def weakly_connected_components(graph: CitationGraph) -> list[set[str]]:
     """Papers joined by citations in either direction."""
-    seen: set[str] = set()
-    components = []
-    for root in graph.nodes:
-        if root in seen:
-            continue
-        component, queue = {root}, [root]
-        while queue:
-            node = queue.pop()
-            for neighbour in (*graph.cites[node], *graph.cited_by[node]):
-                if neighbour not in component:
-                    component.add(neighbour)
-                    queue.append(neighbour)
-        seen |= component
-        components.append(component)
-    return components
+    import networkx as nx
+
+    return [set(component) for component in nx.weakly_connected_components(bare_networkx(graph))]
 
 
 @dataclass(frozen=True)
@@ -281,42 +243,24 @@ def graph_json(graph: CitationGraph) -> str:
     return json.dumps(data, ensure_ascii=False, sort_keys=True) + "\n"  # one line: it is megabytes at scale
 
 
-GRAPHML_TYPES = {bool: "boolean", int: "long", float: "double", str: "string"}  # as networkx names them
 NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")  # characters XML 1.0 cannot hold
 
 
 def graph_graphml(graph: CitationGraph) -> str:
-    """GraphML, with list attributes (authors, modalities, gaps) joined by ``LIST_SEPARATOR``.
+    """GraphML by networkx, with list attributes (authors, modalities, gaps) joined by ``LIST_SEPARATOR``
+    (GraphML has no list type) and characters XML 1.0 cannot hold replaced."""
+    import networkx as nx
 
-    Written directly: ``nx.generate_graphml`` builds an ElementTree of the whole graph first,
-    a third of a second at 2000 papers. The output is what networkx writes (key ids named after the
-    attributes, networkx's type names), and a test reads both back and compares them."""
-    nodes: list[tuple[str, dict]] = []  # the published attributes, lists joined, without copying the graph
-    keys: dict[str, str] = {}
+    out = nx.DiGraph()
     for node, attrs in graph.nodes.items():
-        flat = {k: LIST_SEPARATOR.join(v) if isinstance(v, list) else v for k, v in published(attrs).items()}
-        for key, value in flat.items():
-            keys.setdefault(key, GRAPHML_TYPES[type(value)])
-        nodes.append((node, flat))
+        out.add_node(node, **{k: clean(LIST_SEPARATOR.join(v) if isinstance(v, list) else v)
+                              for k, v in published(attrs).items()})
+    out.add_edges_from(graph.edges)
+    return "\n".join(nx.generate_graphml(out)) + "\n"
 
-    def text(value) -> str:
-        return escape(NOT_XML.sub("\ufffd", str(value)))
 
-    out = ['<graphml xmlns="http://graphml.graphdrawing.org/xmlns" '
-           'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
-           'xsi:schemaLocation="http://graphml.graphdrawing.org/xmlns '
-           'http://graphml.graphdrawing.org/xmlns/1.0/graphml.xsd">']
-    out += [f'<key id={quoteattr(key)} for="node" attr.name={quoteattr(key)} attr.type="{kind}" />'
-            for key, kind in keys.items()]
-    out.append('<graph edgedefault="directed">')
-    opening = {key: f"<data key={quoteattr(key)}>" for key in keys}
-    quoted = {node: quoteattr(text(node)) for node in graph.nodes}  # each id is written once per edge
-    for node, attrs in nodes:
-        data = "".join(f"{opening[k]}{text(v)}</data>" for k, v in attrs.items())
-        out.append(f"<node id={quoted[node]}>{data}</node>")
-    out += [f"<edge source={quoted[s]} target={quoted[t]} />" for s, t in graph.edges]
-    out.append("</graph></graphml>")
-    return "\n".join(out) + "\n"
+def clean(value):
+    return NOT_XML.sub("\ufffd", value) if isinstance(value, str) else value
 
 
 def explorer_layout(kb: KnowledgeBase, graph: CitationGraph) -> dict[str, tuple[float, float]]:
