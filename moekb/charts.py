@@ -166,7 +166,7 @@ def render_charts(kb: KnowledgeBase) -> dict[str, str]:
     return {PAPERS_PER_YEAR: papers_per_year_svg(*year_series(kb)), GAP_HEATMAP: heatmap_svg(*gap_counts(kb))}
 
 
-def neighbourhood_svg(paper, cited_by: list, cites: list, *, more: tuple[int, int], href) -> str:  # noqa: C901
+def neighbourhood_svg(paper, cited_by: list, cites: list, *, more: tuple[int, int], href) -> str:
     """A paper's citation neighbourhood, drawn at build time: papers citing it in a column on the left,
     papers it cites on the right, arrows towards the cited paper. Labels are method names (or ids);
     every node is a link (``href(paper)``). Inline SVG, so it follows the page's colours."""

@@ -1,8 +1,8 @@
 """The citation graph of the knowledge base: its headline figures, its exports, the explorer's data.
 
 The graph is plain data (:class:`CitationGraph`: ids, attributes, edges in the entries' order);
-components, cycles' groups and GraphML go through networkx (``bare_networkx``, :func:`to_networkx`
-for analysis with every attribute). PageRank is a short power iteration of our own: networkx's needs
+components, cycles' groups and GraphML go through networkx (:func:`to_networkx`, also for analysis
+with every attribute). PageRank is a short power iteration of our own: networkx's needs
 scipy, whose import alone takes longer than the build; a test compares the two.
 
 An edge ``a -> b`` means paper ``a`` cites paper ``b``; only citations between entries exist
@@ -91,12 +91,13 @@ def citation_graph(kb: KnowledgeBase, *, bare: bool = False) -> CitationGraph:
     return graph
 
 
-def to_networkx(graph: CitationGraph):
-    """The graph as a ``networkx.DiGraph``, nodes and edges in the same order, with the same attributes."""
-    import networkx as nx  # here, not at the top: the build itself never needs it
+def to_networkx(graph: CitationGraph, *, attributes: bool = True):
+    """The graph as a ``networkx.DiGraph``, nodes and edges in the same order, with the same attributes
+    (or, with ``attributes=False``, the ids alone: what the graph algorithms need)."""
+    import networkx as nx
 
     out = nx.DiGraph()
-    out.add_nodes_from((node, dict(attrs)) for node, attrs in graph.nodes.items())
+    out.add_nodes_from((node, dict(attrs) if attributes else {}) for node, attrs in graph.nodes.items())
     out.add_edges_from(graph.edges)
     return out
 
@@ -131,21 +132,11 @@ def pagerank(graph: CitationGraph, *, alpha: float = 0.85, max_iter: int = 100, 
     raise PageRankDidNotConverge(f"PageRank did not converge in {max_iter} iterations")
 
 
-def bare_networkx(graph: CitationGraph):
-    """The citations as a ``networkx.DiGraph`` of ids alone: what the graph algorithms need."""
-    import networkx as nx
-
-    out = nx.DiGraph()
-    out.add_nodes_from(graph.nodes)
-    out.add_edges_from(graph.edges)
-    return out
-
-
 def strongly_connected_components(graph: CitationGraph) -> list[set[str]]:
     """Groups of papers that cite each other round in a loop (networkx's iterative Tarjan)."""
     import networkx as nx
 
-    return [set(component) for component in nx.strongly_connected_components(bare_networkx(graph))]
+    return [set(component) for component in nx.strongly_connected_components(to_networkx(graph, attributes=False))]
 
 
 def shortest_cycle_through(graph: CitationGraph, start: str, within: set[str]) -> list[str]:
@@ -190,7 +181,7 @@ def weakly_connected_components(graph: CitationGraph) -> list[set[str]]:
     """Papers joined by citations in either direction."""
     import networkx as nx
 
-    return [set(component) for component in nx.weakly_connected_components(bare_networkx(graph))]
+    return [set(component) for component in nx.weakly_connected_components(to_networkx(graph, attributes=False))]
 
 
 @dataclass(frozen=True)

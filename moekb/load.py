@@ -29,19 +29,24 @@ def relative(path: Path, root: Path) -> str:
 
 
 def load_taxonomy(root: Path) -> Taxonomy:
+    return read_taxonomy(root)[0]
+
+
+def read_taxonomy(root: Path) -> tuple[Taxonomy, dict[str, Document]]:
+    """The taxonomy and the documents it was read from (by file name), for later line numbers."""
     problems: list[Problem] = []
-    docs = []
+    docs = {}
     for name in TAXONOMY_FILES:
         try:
-            docs.append(read_document(root / "taxonomy" / name, f"taxonomy/{name}"))
+            docs[name] = read_document(root / "taxonomy" / name, f"taxonomy/{name}")
         except MoekbError as err:
             problems += err.problems
     if problems:
         raise MoekbError(problems)
-    taxonomy, problems = build_taxonomy(*docs)
+    taxonomy, problems = build_taxonomy(*docs.values())
     if problems:
         raise MoekbError(problems)
-    return taxonomy
+    return taxonomy, docs
 
 
 def paper_files(papers_dir: Path) -> list[Path]:
@@ -82,7 +87,7 @@ def load_knowledge_base(root: Path | None = None, papers_dir: Path | None = None
     ``papers_dir`` defaults to ``<root>/papers``; pass another folder to build a synthetic corpus.
     """
     root = project_root(root)
-    taxonomy = load_taxonomy(root)
+    taxonomy, taxonomy_docs = read_taxonomy(root)
     papers_dir = papers_dir or root / "papers"
     papers, docs, problems = load_papers(taxonomy, papers_dir, root)
     # Ids of entries that failed their own checks still count as known, so one broken file does
@@ -92,8 +97,7 @@ def load_knowledge_base(root: Path | None = None, papers_dir: Path | None = None
     # The taxonomy's links to code are checked in a project that has reference implementations, built
     # from its own papers (a synthetic corpus holds none of the papers the implementations follow).
     if papers_dir == root / "papers" and (root / "reference_impls").is_dir():
-        perspectives = read_document(root / "taxonomy" / "perspectives.yaml", "taxonomy/perspectives.yaml")
-        problems += implementation_problems(perspectives, taxonomy, known, root)
+        problems += implementation_problems(taxonomy_docs["perspectives.yaml"], taxonomy, known, root)
     if problems:
         raise MoekbError(problems)
     notebooks = {

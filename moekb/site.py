@@ -15,7 +15,9 @@ filter (escaped by markupsafe) or, in the few Markdown lines, through :func:`moe
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
 import json
 import posixpath
 from collections import Counter
@@ -28,7 +30,8 @@ from markupsafe import Markup
 from moekb import markup
 from moekb.bib import bibtex_entries, join_entries
 from moekb.charts import GAP_HEATMAP, PAPERS_PER_YEAR, neighbourhood_svg, render_charts, year_series
-from moekb.fields import METHOD_COLUMNS, NUMERIC_METHOD_COLUMNS, field_table, method_rows, published_paper
+from moekb.fields import (CSV_COLUMNS, METHOD_COLUMNS, NUMERIC_METHOD_COLUMNS, csv_row, field_table, method_rows,
+                          published_paper)
 from moekb.graph import LIST_SEPARATOR, citation_graph, explorer_data, graph_graphml, graph_json, summarise
 from moekb.identifiers import source_kind
 from moekb.model import KnowledgeBase, Paper, Perspective, Subcategory
@@ -279,9 +282,13 @@ class SiteRenderer:
             h=partial(href, source), rows=self.table_rows(source, papers, columns), columns=columns,
             numeric={"Year", *NUMERIC_METHOD_COLUMNS}, filters=options, years=years)
 
+    def citations(self, paper: Paper) -> tuple[list[Paper], list[Paper]]:
+        """(the papers it cites, the papers citing it), within the knowledge base (surveys stay out)."""
+        return ([self.kb.paper[i] for i in paper.cites if i in self.kb.paper],
+                [self.kb.paper[i] for i in self.kb.cited_by.get(paper.id, [])])
+
     def neighbourhood(self, paper: Paper) -> str | None:
-        cites = [self.kb.paper[i] for i in paper.cites if i in self.kb.paper]
-        cited_by = [self.kb.paper[i] for i in self.kb.cited_by.get(paper.id, [])]
+        cites, cited_by = self.citations(paper)
         if not (cites or cited_by):
             return None
         # the SVG lies beside the paper's page, so its links are relative to papers/<id>/
@@ -295,8 +302,7 @@ class SiteRenderer:
         perspective, sub = self.tax.subcategory[paper.subcategory] if paper.subcategory else (None, None)
         links = [(f"arXiv {paper.arxiv}", paper.arxiv_url), ("PDF", paper.arxiv_pdf_url), ("DOI", paper.doi_url),
                  ("Web page", paper.url), ("Code", paper.code)]
-        cites = [self.kb.paper[i] for i in paper.cites if i in self.kb.paper]
-        cited_by = [self.kb.paper[i] for i in self.kb.cited_by.get(paper.id, [])]
+        cites, cited_by = self.citations(paper)
         groups: dict[str, list[str]] = {"Primary sources": [], "Other sources": []}
         for url in paper.verified_from:
             groups["Primary sources" if source_kind(url) == "primary" else "Other sources"].append(url)
@@ -635,11 +641,6 @@ class SiteRenderer:
             '"surveys": [', lines(self.kb.surveys), "]}"]) + "\n"
 
     def papers_csv(self) -> str:
-        import csv
-        import io
-
-        from moekb.fields import CSV_COLUMNS, csv_row
-
         stream = io.StringIO()
         writer = csv.writer(stream, lineterminator="\n")
         writer.writerow(CSV_COLUMNS)

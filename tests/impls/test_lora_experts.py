@@ -25,6 +25,17 @@ from reference_impls.moe import FeedForward, load_balancing_loss
 D_IN, D_OUT, D, H = 12, 8, 12, 20
 
 
+
+def assert_same_gradients(output, naive, params, w):
+    """d(sum w*output)/dparams equals the naive oracle's; a parameter the oracle never uses gets none."""
+    grads = torch.autograd.grad((output * w).sum(), params, allow_unused=True)
+    naive_grads = torch.autograd.grad((naive * w).sum(), params, allow_unused=True)
+    for g, n in zip(grads, naive_grads):
+        if n is None:
+            assert g is None or g.abs().sum() == 0
+        else:
+            torch.testing.assert_close(g, n)
+
 def randomise_B(module, seed=0):
     """B starts at zero; give every LoRA expert a nonzero B so that the experts differ."""
     g = torch.Generator().manual_seed(seed)
@@ -239,13 +250,7 @@ def test_mole_matches_a_per_token_loop_values_and_gradients(mode):
     w = torch.randn(3, 5, D, generator=torch.Generator().manual_seed(7))
     params = [x, layer.router.weight, layer.fc1_experts.A, layer.fc1_experts.B, layer.fc2_experts.A,
               layer.fc2_experts.B]
-    grads = torch.autograd.grad((out.output * w).sum(), params, allow_unused=True)
-    naive_grads = torch.autograd.grad((naive * w).sum(), params, allow_unused=True)
-    for g, n in zip(grads, naive_grads):
-        if n is None:
-            assert g is None or g.abs().sum() == 0
-        else:
-            torch.testing.assert_close(g, n)
+    assert_same_gradients(out.output, naive, params, w)
 
 
 @pytest.mark.parametrize("mode", ["gate", "none", "straight_through", "dense"])
@@ -269,13 +274,7 @@ def test_mole_linear_matches_a_per_token_loop_values_and_gradients(mode):
     torch.testing.assert_close(out.output, naive)
     w = torch.randn(3, 5, D_OUT, generator=torch.Generator().manual_seed(2))
     params = [x, layer.router.weight, layer.experts.A, layer.experts.B]
-    grads = torch.autograd.grad((out.output * w).sum(), params, allow_unused=True)
-    naive_grads = torch.autograd.grad((naive * w).sum(), params, allow_unused=True)
-    for g, n in zip(grads, naive_grads):
-        if n is None:
-            assert g is None or g.abs().sum() == 0
-        else:
-            torch.testing.assert_close(g, n)
+    assert_same_gradients(out.output, naive, params, w)
 
 
 def test_one_expert_mole_linear_is_plain_lora_and_cannot_flip_a_sign_by_instruction():
