@@ -62,11 +62,13 @@ def cmd_stats(args) -> int:
     table("Papers per year", years, sorted(years), width=6)
     entries = [*kb.papers, *kb.surveys]
     checked = sum(1 for p in entries if p.citations_checked)
+    in_copies = sum(1 for p in entries if p.references_copy)
     primary = sum(1 for p in entries if any(source_kind(u) == "primary" for u in p.verified_from))
     with_method = sum(1 for p in kb.papers if p.method)
     edges = sum(1 for p in kb.papers for c in p.cites if c in kb.paper)
     print(f"\nSources and citations: {primary} of {len(entries)} entries list a primary page; "
-          f"{checked} record where their reference list was read (references_from); "
+          f"{checked} ({checked / len(entries):.0%}) record where their reference list was read (references_from: "
+          f"{checked - in_copies} on a page, {in_copies} in a stored full-text copy); "
           f"{with_method} of {len(kb.papers)} papers have method facts; {edges} citation edges.")
     multimodal = [p for p in kb.papers if not tax.perspective[p.perspective].background]
     thin = [s.id for p in tax.perspectives for s in p.subcategories if len(kb.in_subcategory(s.id)) < args.min_per_subcategory]

@@ -18,6 +18,9 @@ OLD_ARXIV = re.compile(
 DOI = re.compile(r"^10\.\d{4,9}/[-._;()/:a-z0-9<>\[\]]+$", re.IGNORECASE)
 URL = re.compile(r"^https?://[^\s/$.?#][^\s]*$", re.IGNORECASE)
 SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+# A full-text copy of a paper in the research store's code index, which names its files by number
+# only (no repository, no URL): where many reference lists could be read when no page showed them.
+STORE_COPY = re.compile(r"^code-index:(?P<file>[1-9]\d{0,15})$")
 
 
 def arxiv_problem(value: str) -> str | None:
@@ -71,6 +74,14 @@ def url_problem(field: str, value: str) -> str | None:
     if not URL.match(value):
         return f"{field}: {value!r} is not an http(s) URL (only http:// and https:// links are allowed)"
     return None
+
+
+def references_problem(value: str) -> str | None:
+    """``references_from`` is the page the reference list was read on, or the stored copy it was read in."""
+    if URL.match(value) or STORE_COPY.match(value):
+        return None
+    return (f"references_from: {value!r} is neither an http(s) URL nor a stored full-text copy "
+            "(code-index:<file number>)")
 
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

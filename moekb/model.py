@@ -14,6 +14,8 @@ from typing import Annotated, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints
 
+from moekb import identifiers
+
 Text = Annotated[str, StringConstraints(strict=True, min_length=1, pattern=r"\S")]
 Strict = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -82,9 +84,10 @@ class Paper(BaseModel):
                                                        "states it (table below); for entries that propose a method.")
     cites: list[Text] = Field(default_factory=list, description="Ids of *other entries in moekb* that this paper cites, "
                                                                 "as its reference list shows.")
-    references_from: Optional[Text] = Field(None, description="The page (URL) where you read the reference list behind "
-                                                              "`cites`; without it the entry's citations show as not "
-                                                              "checked.")
+    references_from: Optional[Text] = Field(None, description="Where you read the **whole** reference list behind "
+                                                              "`cites`: its page (URL), or `code-index:<number>` for a "
+                                                              "full-text copy in the research store's code index. "
+                                                              "Without it the entry's citations show as not checked.")
     bibtex_type: Optional[Text] = Field(None, description="`article`, `inproceedings`, `misc`...; `moekb add` copies "
                                                           "it from the BibTeX.")
     added: Optional[dt.date] = Field(None, description="The date the entry was added (`moekb add` writes today's).")
@@ -106,6 +109,12 @@ class Paper(BaseModel):
     def citations_checked(self) -> bool:
         """Whether ``cites`` comes from a reference list that was read; if not, "cites nothing" is unknown."""
         return self.references_from is not None
+
+    @property
+    def references_copy(self) -> str | None:
+        """The stored copy's file number when the reference list was read in the code index, not on a page."""
+        match = identifiers.STORE_COPY.match(self.references_from or "")
+        return match["file"] if match else None
 
     @property
     def arxiv_url(self) -> str | None:

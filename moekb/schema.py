@@ -59,8 +59,9 @@ def paper_schema(taxonomy: Taxonomy) -> dict:
     props["id"]["pattern"] = ecma(identifiers.SLUG)
     props["arxiv"]["anyOf"][0]["pattern"] = f"(?:{ecma(identifiers.NEW_ARXIV)})|(?:{ecma(identifiers.OLD_ARXIV)})"
     props["doi"]["anyOf"][0]["pattern"] = ecma(identifiers.DOI)
-    for name in ("url", "code", "references_from"):
+    for name in ("url", "code"):
         props[name]["anyOf"][0]["pattern"] = ecma(identifiers.URL)
+    props["references_from"]["anyOf"][0]["pattern"] = f"(?:{ecma(identifiers.URL)})|(?:{ecma(identifiers.STORE_COPY)})"
     props["verified_from"]["items"]["pattern"] = ecma(identifiers.URL)
     props["added"] = {"type": "string", "format": "date", "description": props["added"].get("description", "")}
     schema["allOf"] = [

@@ -222,7 +222,7 @@ def check_paper(doc: Document, taxonomy: Taxonomy, file_stem: str) -> tuple[Pape
               ("url", paper.url and identifiers.url_problem("url", paper.url)),
               ("code", paper.code and identifiers.url_problem("code", paper.code))]
     checks += [(("verified_from", i), identifiers.url_problem("verified_from", u)) for i, u in enumerate(paper.verified_from)]
-    checks += [("references_from", paper.references_from and identifiers.url_problem("references_from", paper.references_from))]
+    checks += [("references_from", paper.references_from and identifiers.references_problem(paper.references_from))]
     problems += source_problems(doc, paper)
     for key, message in checks:
         if message:

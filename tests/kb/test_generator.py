@@ -88,6 +88,23 @@ def test_home_counts_and_latest_additions(small_project):
     assert "(papers/turing2024other/index.md)" in snippet
 
 
+@pytest.mark.parametrize(("provenance", "shown"), [
+    ("https://arxiv.org/html/2401.12345v2", '<a href="https://arxiv.org/html/2401.12345v2">'),
+    ("code-index:60896287700", "full-text copy held in the research store's code index (file 60896287700)"),
+])
+def test_a_read_reference_list_says_where_it_was_read(make_project, provenance, shown):
+    text = entry("lovelace2024test", "Experts for Everyone", "2401.12345", cites="turing2024other").replace(
+        "cites: [turing2024other]", f"cites: [turing2024other]\nreferences_from: {provenance}")
+    kb = load_knowledge_base(make_project({
+        "lovelace2024test.yaml": text,
+        "turing2024other.yaml": entry("turing2024other", "Routing Without Tears", "2402.12345")}))
+    page = render_site(kb)["papers/lovelace2024test/index.md"]
+    assert shown in page
+    assert "Citations not checked" not in page
+    assert kb.paper["lovelace2024test"].citations_checked
+    assert (kb.paper["lovelace2024test"].references_copy is not None) == provenance.startswith("code-index:")
+
+
 def test_contributor_text_is_escaped(make_project):
     hostile = entry("lovelace2024test", "<script>alert(1)</script> [x](javascript:alert(1)) | `tick`", "2401.12345")
     kb = load_knowledge_base(make_project({"lovelace2024test.yaml": hostile}))
