@@ -56,4 +56,4 @@ benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/site_build.py --sites /dev/shm
 
 clean:
-	rm -rf site build $(foreach d,papers surveys taxonomy gaps graph charts downloads notebooks code snippets,docs/$(d))
+	rm -rf site build .cache/moekb-build.json $(foreach d,papers surveys taxonomy gaps graph charts downloads notebooks code snippets recent start,docs/$(d))

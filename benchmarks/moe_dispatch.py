@@ -20,12 +20,21 @@ doing the same expert FLOPs per token): ``ExpertChoiceMoE`` (capacity factor c =
 token on average: dense width c*h), ``SoftMoE`` (one slot per expert, as many slots as tokens: dense
 width h), and ``SparseMoE`` with one shared expert (dense width (k+1)*h).
 
+Page faults: forward+backward allocates fresh gradient memory each step (the loop sets ``.grad = None``),
+and glibc serves every block over 32 MB (a gradient of all 64 experts' weights is 128 MB) by ``mmap``:
+each step then pays a page fault per 4 KB page it writes, about as long as the backward's arithmetic
+at (256, 64, 2). That is an allocator cost, not the layer's: ``--keep-memory`` re-runs the benchmark
+with glibc's documented tunables ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large>`` (freed memory
+stays in the process and is reused, as a caching allocator such as jemalloc would do), and the
+weights floor is measured the same way in both runs (a copy into memory written before).
+
 All variants use the same weights and the same routing function (``reference_impls.moe.route``, dropless),
 are measured in one run, and report the minimum over repeats (the 2-core CPU is shared, so the minimum is
 the least noisy statistic). Run from the repository root:
 
     python benchmarks/moe_dispatch.py            # full run
     python benchmarks/moe_dispatch.py --quick    # fewer repeats
+    python benchmarks/moe_dispatch.py --keep-memory   # freed memory reused: no page faults per step
 """
 
 from __future__ import annotations
@@ -123,11 +132,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, help="override the number of repeats (7, or 3 with --quick)")
     parser.add_argument("--config", type=int, action="append", choices=range(len(CONFIGS)),
                         help="measure only this entry of CONFIGS (repeatable); default: all")
+    parser.add_argument("--keep-memory", action="store_true",
+                        help="run with glibc's MALLOC_MMAP_MAX_=0 (freed memory is reused, no page faults)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                         help="bfloat16 selects grouped_mm on CUDA (SM >= 8.0)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
+    if args.keep_memory and os.environ.get("MALLOC_MMAP_MAX_") != "0":
+        # glibc reads its tunables at process start, so the benchmark starts again with them set
+        env = {**os.environ, "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
     repeats, warmup = (3, 1) if args.quick else (7, 2)
     repeats = args.repeats or repeats
     torch.set_num_threads(args.threads)
@@ -136,7 +151,9 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, {args.dtype}, "
           f"d_model {D_MODEL}, d_hidden {D_HIDDEN}; min of {repeats} repeats, ms (fwd / fwd+bwd)")
-    print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
+    print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; freed memory "
+          + ("kept and reused (MALLOC_MMAP_MAX_=0)" if os.environ.get("MALLOC_MMAP_MAX_") == "0"
+             else "returned to the OS (glibc default: large gradients page-fault every step)"), flush=True)
 
     rows = []
     for tokens, experts, k in [CONFIGS[i] for i in args.config] if args.config else CONFIGS:

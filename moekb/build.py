@@ -1,13 +1,22 @@
 """From the project folder to the generated part of ``docs/``: load, validate, render, write.
 
-``moekb build`` runs this as a step of its own; the mkdocs hook runs the same function before each
-mkdocs build. Either way the engine then renders a plain folder of Markdown.
+``moekb build`` runs this as a step of its own; the mkdocs hook runs :func:`build_if_changed` before
+each mkdocs build. Either way the engine then renders a plain folder of Markdown.
+
+The generated pages are a function of the files under ``INPUTS`` (and the generator's own code and
+the environment variables below), so a digest of those bytes tells whether the pages on disk are
+current: the hook of a ``mkdocs build`` that follows ``moekb build`` (``make site``, CI) then skips
+a second validation and rendering, while ``mkdocs serve`` still regenerates after every edit.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
+
+import moekb
 
 from moekb.load import load_knowledge_base, project_root
 from moekb.model import KnowledgeBase
@@ -19,6 +28,9 @@ DOCS = Path("docs")
 PAPERS_ENV = "MOEKB_PAPERS"  # another papers folder (e.g. a synthetic corpus) to build from
 REPOSITORY_ENV = "MOEKB_REPO_URL"  # the repository's web address: "edit this entry" links, notebook badges
 SITE_URL_ENV = "MOEKB_SITE_URL"  # the deployed address (as mkdocs.yml's site_url): absolute feed links
+# What the generated pages are made from, besides the papers folder and the generator's own code.
+INPUTS = ("taxonomy", "notebooks", "reference_impls", "docs/impls")
+STAMP = Path(".cache") / "moekb-build.json"  # the digest of the inputs of the pages on disk, and their names
 
 
 def papers_dir_from_env(root: Path) -> Path | None:
@@ -43,6 +55,24 @@ def generate(root: Path | None = None, papers_dir: Path | None = None) -> tuple[
     return kb, files
 
 
+def input_digest(root: Path, papers_dir: Path | None = None) -> str:
+    """A digest of every byte the generated pages depend on."""
+    papers_dir = papers_dir or papers_dir_from_env(root) or root / "papers"
+    digest = hashlib.blake2b(digest_size=20)
+    for name in (PAPERS_ENV, REPOSITORY_ENV, SITE_URL_ENV):
+        digest.update(f"{name}={os.environ.get(name, '')}\0".encode())
+    package = Path(moekb.__file__).parent
+    folders = [(papers_dir, "papers"), (package, "moekb"), *((root / name, name) for name in INPUTS)]
+    for folder, label in folders:
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts and not path.name.startswith("."):
+                digest.update(f"{label}/{path.relative_to(folder).as_posix()}\0".encode())
+                digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def build(root: Path | None = None, papers_dir: Path | None = None) -> tuple[KnowledgeBase, int, int]:
     """Render everything in memory, then make each generated folder of ``docs/`` hold exactly its files
     (hand-written pages live in other folders and are never touched)."""
@@ -54,4 +84,21 @@ def build(root: Path | None = None, papers_dir: Path | None = None) -> tuple[Kno
         mine = {name[len(prefix):]: content for name, content in files.items() if name.startswith(prefix)}
         w, r = sync_tree(mine, root / DOCS / folder)
         written, removed = written + w, removed + r
+    stamp = root / STAMP
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps({"digest": input_digest(root, papers_dir), "files": sorted(files)}), encoding="utf-8")
     return kb, written, removed
+
+
+def build_if_changed(root: Path | None = None, papers_dir: Path | None = None) -> tuple[KnowledgeBase, int, int] | None:
+    """:func:`build`, unless the generated pages on disk were made from exactly the current inputs
+    (then None)."""
+    root = project_root(root)
+    try:
+        stamp = json.loads((root / STAMP).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        stamp = {}
+    if (stamp.get("digest") == input_digest(root, papers_dir)
+            and all((root / DOCS / name).is_file() for name in stamp.get("files", [None]))):
+        return None
+    return build(root, papers_dir)

@@ -11,7 +11,7 @@ import pytest
 from mkdocs.exceptions import PluginError
 
 from moekb.bib import parse_bibtex
-from moekb.build import build, generate
+from moekb.build import build, build_if_changed, generate
 from moekb.errors import MoekbError
 from moekb.load import load_knowledge_base
 from moekb.mkdocs_hook import on_pre_build
@@ -173,6 +173,22 @@ def test_rebuild_writes_only_changes_and_removes_stale_pages(small_project):
     # the deleted paper's page and citation diagram, and the diagram of the paper it cited (no neighbours left)
     assert removed == 3
     assert not (small_project / "docs/papers/lovelace2024test.md").exists()
+
+
+def test_the_hook_skips_generation_only_while_the_pages_match_their_inputs(small_project):
+    assert build_if_changed(small_project) is not None  # nothing generated yet
+    assert build_if_changed(small_project) is None
+    entry_file = small_project / "papers" / "turing2024other.yaml"
+    entry_file.write_text(entry_file.read_text().replace("Routing Without Tears", "Routing With Tears"))
+    assert build_if_changed(small_project) is not None
+    assert "Routing With Tears" in (small_project / "docs/papers/turing2024other/index.md").read_text()
+    assert build_if_changed(small_project) is None
+    (small_project / "docs/papers/turing2024other/index.md").unlink()  # a generated page lost by hand
+    assert build_if_changed(small_project) is not None
+    assert (small_project / "docs/papers/turing2024other/index.md").is_file()
+    entry_file.write_text("title: [unclosed\n")  # invalid input is never skipped as "unchanged"
+    with pytest.raises(MoekbError):
+        build_if_changed(small_project)
 
 
 def test_build_never_touches_hand_written_pages(small_project):
