@@ -16,7 +16,6 @@ import json
 import os
 from pathlib import Path
 
-import moekb
 
 from moekb.load import load_knowledge_base, project_root
 from moekb.model import KnowledgeBase
@@ -61,7 +60,7 @@ def input_digest(root: Path, papers_dir: Path | None = None) -> str:
     digest = hashlib.blake2b(digest_size=20)
     for name in (PAPERS_ENV, REPOSITORY_ENV, SITE_URL_ENV):
         digest.update(f"{name}={os.environ.get(name, '')}\0".encode())
-    package = Path(moekb.__file__).parent
+    package = Path(__file__).resolve().parent  # the generator's own code and templates
     folders = [(papers_dir, "papers"), (package, "moekb"), *((root / name, name) for name in INPUTS)]
     for folder, label in folders:
         if not folder.is_dir():
