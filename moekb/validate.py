@@ -159,6 +159,9 @@ def with_placeholders(problems: list[Problem], placeholders: list[Problem]) -> l
     return [p for p in problems if p.line not in lines] + placeholders
 
 
+GENERATION_SUFFIX = re.compile(r",\s*(?:Jr\.?|Sr\.?|II|III|IV)$")  # "Martin Luther King, Jr." keeps its comma
+
+
 def check_paper(doc: Document, taxonomy: Taxonomy, file_stem: str) -> tuple[Paper | None, list[Problem]]:
     """One entry on its own: structure, vocabularies, identifiers, years. Returns the paper with
     its venue spelled canonically, or None when the entry has problems."""
@@ -175,6 +178,10 @@ def check_paper(doc: Document, taxonomy: Taxonomy, file_stem: str) -> tuple[Pape
     if paper.id != file_stem:
         problems.append(doc.problem(("id",), f"id '{paper.id}' differs from the file name '{file_stem}.yaml': they must be equal"))
 
+    for i, author in enumerate(paper.authors):
+        if "," in GENERATION_SUFFIX.sub("", author):  # "Lovelace, Ada": also family, given to BibTeX
+            problems.append(doc.problem(("authors", i), f"authors: write {author!r} as the full name in reading order, "
+                                        "without a comma (e.g. \"Ada Lovelace\"; a team as \"Kimi Team\")"))
     if paper.kind is not None and paper.kind not in taxonomy.paper_kind:
         problems.append(unknown(doc, ("kind",), "kind", paper.kind, list(taxonomy.paper_kind)))
     if paper.is_survey:
