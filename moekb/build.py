@@ -19,7 +19,7 @@ from pathlib import Path
 
 from moekb.load import load_knowledge_base, project_root
 from moekb.model import KnowledgeBase
-from moekb.output import sync_tree
+from moekb.output import sync_tree, write_atomic
 from moekb.schema import paper_schema
 from moekb.site import GENERATED_FOLDERS, render_site
 
@@ -72,10 +72,14 @@ def input_digest(root: Path, papers_dir: Path | None = None) -> str:
     return digest.hexdigest()
 
 
-def build(root: Path | None = None, papers_dir: Path | None = None) -> tuple[KnowledgeBase, int, int]:
+def build(root: Path | None = None, papers_dir: Path | None = None, *,
+          digest: str | None = None) -> tuple[KnowledgeBase, int, int]:
     """Render everything in memory, then make each generated folder of ``docs/`` hold exactly its files
-    (hand-written pages live in other folders and are never touched)."""
+    (hand-written pages live in other folders and are never touched). ``digest``: the inputs' digest
+    when the caller has just computed it."""
     root = project_root(root)
+    # taken before reading the inputs: an edit made while rendering makes the next check rebuild
+    digest = digest or input_digest(root, papers_dir)
     kb, files = generate(root, papers_dir)
     written = removed = 0
     for folder in GENERATED_FOLDERS:
@@ -83,9 +87,7 @@ def build(root: Path | None = None, papers_dir: Path | None = None) -> tuple[Kno
         mine = {name[len(prefix):]: content for name, content in files.items() if name.startswith(prefix)}
         w, r = sync_tree(mine, root / DOCS / folder)
         written, removed = written + w, removed + r
-    stamp = root / STAMP
-    stamp.parent.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps({"digest": input_digest(root, papers_dir), "files": sorted(files)}), encoding="utf-8")
+    write_atomic(root / STAMP, json.dumps({"digest": digest, "files": sorted(files)}).encode("utf-8"))
     return kb, written, removed
 
 
@@ -97,7 +99,9 @@ def build_if_changed(root: Path | None = None, papers_dir: Path | None = None) -
         stamp = json.loads((root / STAMP).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         stamp = {}
-    if (stamp.get("digest") == input_digest(root, papers_dir)
-            and all((root / DOCS / name).is_file() for name in stamp.get("files", [None]))):
+    digest = input_digest(root, papers_dir)
+    files = stamp.get("files") if isinstance(stamp, dict) else None
+    if (isinstance(files, list) and stamp.get("digest") == digest
+            and all(isinstance(name, str) and (root / DOCS / name).is_file() for name in files)):
         return None
-    return build(root, papers_dir)
+    return build(root, papers_dir, digest=digest)

@@ -182,12 +182,18 @@ def test_neighbourhood_loss_matches_a_loop():
         assert loss[b].item() == pytest.approx((sum(terms) / kernel[b].sum()).item(), abs=1e-5)
 
 
-def test_batched_ngd_equals_optimising_each_sample_alone():
+def ngd_problem(n: int):
+    """A tiny model, its reference set, n test samples' router logits and their 5 nearest neighbours."""
     model = tiny_model()
     ref = tiny_reference(model)
-    content, question, _ = tiny_data(6, seed=5)
+    content, question, _ = tiny_data(n, seed=5)
     z0 = model.router_logits(content, question).detach()
-    index, kernel = nearest_neighbours(torch.randn(6, 7, generator=torch.Generator().manual_seed(6)), ref.embeddings, 5)
+    index, kernel = nearest_neighbours(torch.randn(n, 7, generator=torch.Generator().manual_seed(6)), ref.embeddings, 5)
+    return model, ref, z0, index, kernel
+
+
+def test_batched_ngd_equals_optimising_each_sample_alone():
+    model, ref, z0, index, kernel = ngd_problem(6)
     batched = neighbourhood_gradient_descent(model, z0, ref, index, kernel, lr=0.5)
     for b in range(6):
         alone = neighbourhood_gradient_descent(model, z0[b : b + 1], ref, index[b : b + 1], kernel[b : b + 1], lr=0.5)
@@ -195,11 +201,7 @@ def test_batched_ngd_equals_optimising_each_sample_alone():
 
 
 def test_ngd_lowers_the_neighbourhood_loss_and_leaves_the_model_alone():
-    model = tiny_model()
-    ref = tiny_reference(model)
-    content, question, _ = tiny_data(8, seed=5)
-    z0 = model.router_logits(content, question).detach()
-    index, kernel = nearest_neighbours(torch.randn(8, 7, generator=torch.Generator().manual_seed(6)), ref.embeddings, 5)
+    model, ref, z0, index, kernel = ngd_problem(8)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     z = neighbourhood_gradient_descent(model, z0, ref, index, kernel, lr=1.0, steps=20)
     with torch.no_grad():

@@ -186,6 +186,9 @@ def test_the_hook_skips_generation_only_while_the_pages_match_their_inputs(small
     (small_project / "docs/papers/turing2024other/index.md").unlink()  # a generated page lost by hand
     assert build_if_changed(small_project) is not None
     assert (small_project / "docs/papers/turing2024other/index.md").is_file()
+    for damaged in ("[]", '{"digest": "x"}', "not json"):  # a stamp that cannot vouch for the pages
+        (small_project / ".cache/moekb-build.json").write_text(damaged)
+        assert build_if_changed(small_project) is not None
     entry_file.write_text("title: [unclosed\n")  # invalid input is never skipped as "unchanged"
     with pytest.raises(MoekbError):
         build_if_changed(small_project)
