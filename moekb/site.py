@@ -36,7 +36,7 @@ from moekb.graph import LIST_SEPARATOR, citation_graph, explorer_data, graph_gra
 from moekb.identifiers import source_kind
 from moekb.model import KnowledgeBase, Paper, Perspective, Subcategory
 from moekb.notebook_page import notebook_page, published_notebook
-from moekb.related import Neighbourhood, citation_digraph, related_work
+from moekb.related import RelatedWork, citation_digraph
 
 # Top-level folders of docs/ that the generator owns (and empties of what it no longer writes).
 GENERATED_FOLDERS = ("papers", "surveys", "taxonomy", "gaps", "graph", "charts", "downloads", "notebooks", "code",
@@ -210,8 +210,23 @@ class SiteRenderer:
         return citation_graph(self.kb)
 
     @cached_property
-    def digraph(self):
-        return citation_digraph(self.kb)
+    def related_work(self) -> RelatedWork:
+        return RelatedWork(citation_digraph(self.kb))
+
+    @cached_property
+    def sibling_links(self) -> tuple[dict[str, Markup], dict[str, Markup]]:
+        """Each paper's link by title and by short name, as written on a paper page. Paper pages are
+        siblings (``papers/<id>/``), so a link reads the same from every one of them: rendered once
+        here instead of once per page that shows it (tens of thousands of links at 2000 papers)."""
+        if not self.kb.paper:
+            return {}, {}
+        here = paper_path(next(iter(self.kb.paper)))
+        by_title, by_name = {}, {}
+        for paper in [*self.kb.papers, *self.kb.surveys]:
+            url = href(here, paper_path(paper.id))
+            by_title[paper.id] = title_link(url, paper.title)
+            by_name[paper.id] = link(url, self.short_name(paper))
+        return by_title, by_name
 
     @cached_property
     def implemented_by(self) -> dict[str, list[Perspective | Subcategory]]:
@@ -308,17 +323,14 @@ class SiteRenderer:
             groups["Primary sources" if source_kind(url) == "primary" else "Other sources"].append(url)
         run_it = [item for owner in self.implemented_by.get(paper.id, []) for item in self.run_it(owner)]
         neighbourhood = neighbourhood_path(paper.id) if cites or cited_by else ""
-        neighbours = related_work(self.digraph, paper.id) if paper.id in self.digraph else Neighbourhood((), (), ())
-        shown = {r.paper for r in neighbours.related} | {x for r in neighbours.related for x in (*r.shared_references, *r.co_cited_by)}
-        shown |= {p for p, _ in (*neighbours.prior, *neighbours.later)}
+        neighbours = self.related_work.of(paper.id)
         return self.page(
             "paper.html", source, paper.title, description=first_sentence(paper.summary),
             paper=paper, perspective=perspective, sub=sub, venue=self.venue(paper),
             method=method_rows(paper.method, self.tax, hub=HUB) if paper.method else [],
             run_it=run_it, links=[(label, url) for label, url in links if url], cites=cites, cited_by=cited_by,
             neighbourhood=neighbourhood, cite=Markup(self.cite_block(paper)), repository=self.repository_links(paper),
-            related=neighbours, titles={i: self.kb.paper[i].title for i in shown},
-            names={i: self.short_name(self.kb.paper[i]) for i in shown},
+            related=neighbours, by_title=self.sibling_links[0], by_name=self.sibling_links[1],
             sources=[(group, urls) for group, urls in groups.items() if urls])
 
     @staticmethod
