@@ -44,13 +44,15 @@ def implementation_sources(root: Path, kb: KnowledgeBase) -> dict[str, str]:
     return {m: (root / m).read_text(encoding="utf-8") for m in sorted(modules) if (root / m).is_file()}
 
 
-def generate(root: Path | None = None, papers_dir: Path | None = None) -> tuple[KnowledgeBase, dict[str, str | bytes]]:
-    """Load and render; raises MoekbError (and so writes nothing) if anything is invalid."""
+def generate(root: Path | None = None, papers_dir: Path | None = None, *,
+             jobs: int = 1) -> tuple[KnowledgeBase, dict[str, str | bytes]]:
+    """Load and render (in ``jobs`` processes); raises MoekbError (and so writes nothing) if anything is invalid."""
     root = project_root(root)
     kb = load_knowledge_base(root, papers_dir or papers_dir_from_env(root))
     guides = {p.name for p in (root / DOCS / "impls").glob("*.md")}
     files = render_site(kb, implementations=implementation_sources(root, kb), schema=paper_schema(kb.taxonomy),
-                        guides=guides, repository=os.environ.get(REPOSITORY_ENV), site_url=os.environ.get(SITE_URL_ENV))
+                        guides=guides, repository=os.environ.get(REPOSITORY_ENV), site_url=os.environ.get(SITE_URL_ENV),
+                        jobs=jobs)
     return kb, files
 
 
@@ -73,14 +75,14 @@ def input_digest(root: Path, papers_dir: Path | None = None) -> str:
 
 
 def build(root: Path | None = None, papers_dir: Path | None = None, *,
-          digest: str | None = None) -> tuple[KnowledgeBase, int, int]:
+          digest: str | None = None, jobs: int = 1) -> tuple[KnowledgeBase, int, int]:
     """Render everything in memory, then make each generated folder of ``docs/`` hold exactly its files
     (hand-written pages live in other folders and are never touched). ``digest``: the inputs' digest
-    when the caller has just computed it."""
+    when the caller has just computed it; ``jobs``: worker processes for rendering (:mod:`moekb.workers`)."""
     root = project_root(root)
     # taken before reading the inputs: an edit made while rendering makes the next check rebuild
     digest = digest or input_digest(root, papers_dir)
-    kb, files = generate(root, papers_dir)
+    kb, files = generate(root, papers_dir, jobs=jobs)
     written = removed = 0
     for folder in GENERATED_FOLDERS:
         prefix = folder + "/"

@@ -21,6 +21,7 @@ from moekb.graph import citation_graph, cycle_warnings, summarise
 from moekb.load import load_knowledge_base, load_taxonomy, project_root
 from moekb.output import write_atomic
 from moekb.schema import SCHEMA_PATH, paper_schema
+from moekb.workers import available_cpus
 
 
 def cmd_validate(args) -> int:
@@ -32,7 +33,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_build(args) -> int:
-    kb, written, removed = build(args.root, args.papers)
+    kb, written, removed = build(args.root, args.papers, jobs=args.jobs or available_cpus())
     for warning in cycle_warnings(citation_graph(kb, bare=True)):
         print(f"warning: {warning}", file=sys.stderr)
     print(f"built the generated pages in docs/ from {len(kb.papers)} papers and {len(kb.surveys)} surveys: {written} files written, {removed} removed")
@@ -134,7 +135,10 @@ def parser() -> argparse.ArgumentParser:
         return p
 
     papers_option(sub.add_parser("validate", help="check every entry and the taxonomy; print path:line: message")).set_defaults(func=cmd_validate)
-    papers_option(sub.add_parser("build", help="validate, then write the generated pages into docs/ (nothing is written on error)")).set_defaults(func=cmd_build)
+    build_parser = papers_option(sub.add_parser("build", help="validate, then write the generated pages into docs/ (nothing is written on error)"))
+    build_parser.add_argument("--jobs", "-j", type=int, metavar="N",
+                              help="render in N worker processes (default: every CPU this process may use)")
+    build_parser.set_defaults(func=cmd_build)
     stats = papers_option(sub.add_parser("stats", help="papers per perspective, sub-category, gap and year"))
     stats.add_argument("--check", action="store_true", help="exit 1 when a coverage minimum is not met")
     stats.add_argument("--min-multimodal", type=int, default=200)

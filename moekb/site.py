@@ -21,6 +21,7 @@ import io
 import json
 import posixpath
 from collections import Counter
+from collections.abc import Callable
 from functools import cached_property, lru_cache, partial
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from moekb.identifiers import source_kind
 from moekb.model import KnowledgeBase, Paper, Perspective, Subcategory
 from moekb.notebook_page import notebook_page, published_notebook
 from moekb.related import RelatedWork, citation_digraph
+from moekb.workers import run_tasks
 
 # Top-level folders of docs/ that the generator owns (and empties of what it no longer writes).
 GENERATED_FOLDERS = ("papers", "surveys", "taxonomy", "gaps", "graph", "charts", "downloads", "notebooks", "code",
@@ -58,6 +60,7 @@ MATH_ASSETS = ("assets/vendor/katex/katex.min.css", "assets/vendor/katex/katex.m
 LATEST = 10
 PAPERS_PER_SUBCATEGORY_ON_PERSPECTIVE = 10
 NEIGHBOURS_IN_DIAGRAM = 8  # per side of a paper's neighbourhood diagram
+PAPERS_PER_TASK = 100
 CODE_PAGE_INTRO = "The reference implementation's source, as in the repository."
 HUB = "https://huggingface.co/"
 SURVEY_ID = "zheng2026tackling"  # the survey this knowledge base follows
@@ -661,61 +664,78 @@ class SiteRenderer:
         return stream.getvalue()
 
 
+    # -- the whole site, as independent tasks ------------------------------------------------
+    def prepare(self) -> None:
+        """Compute what many pages share (graph, related work, links, BibTeX) before the tasks run,
+        so that worker processes inherit it instead of each computing it again."""
+        self.graph, self.related_work, self.sibling_links, self.implemented_by  # noqa: B018
+
+    def tasks(self, schema: dict | None = None) -> list[Callable[[], dict[str, str | bytes]]]:
+        """Each task returns some of the files; together they return every file, each once.
+        Paper pages go in chunks of ``PAPERS_PER_TASK`` so that workers share them evenly."""
+        overview = {
+            HOME_SNIPPET: self.home_snippet, VOCABULARY_SNIPPET: self.vocabulary_snippet,
+            FIELDS_SNIPPET: field_table, "taxonomy/index.md": self.taxonomy_index, ALL_PAPERS_PAGE: self.all_papers,
+            SURVEYS_PAGE: self.surveys_page, "gaps/index.md": self.gaps_index, DOWNLOADS_PAGE: self.downloads,
+            "downloads/papers.bib": lambda: join_entries(self.bibtex.values()), "downloads/papers.json": self.papers_json,
+            "downloads/papers.csv": self.papers_csv, GRAPH_PAGE: self.graph_page,
+            "downloads/graph.json": lambda: graph_json(self.graph), "downloads/graph.graphml": lambda: graph_graphml(self.graph),
+            CHARTS_PAGE: self.charts_page, RECENT_PAGE: self.recent_page, FEED: self.feed, START_PAGE: self.start_page,
+        }
+        if schema is not None:
+            overview["downloads/paper.schema.json"] = lambda: json.dumps(schema, indent=2) + "\n"
+        for perspective in self.tax.perspectives:
+            overview[perspective_path(perspective.id)] = partial(self.perspective_page, perspective)
+            for sub in perspective.subcategories:
+                overview[subcategory_path(perspective.id, sub.id)] = partial(self.subcategory_page, perspective, sub)
+        for gap in self.tax.gaps:
+            overview[gap_path(gap.id)] = partial(self.gap_page, gap)
+        tasks = [(lambda name=name, render=render: {name: render()}) for name, render in overview.items()]
+        entries = [*self.kb.papers, *self.kb.surveys]
+        tasks += [partial(self.paper_pages, entries[i:i + PAPERS_PER_TASK]) for i in range(0, len(entries), PAPERS_PER_TASK)]
+        tasks += [self.code_and_notebook_pages, lambda: {posixpath.join(posixpath.dirname(CHARTS_PAGE), name): svg
+                                                         for name, svg in render_charts(self.kb).items()}]
+        return tasks
+
+    def paper_pages(self, papers: list[Paper]) -> dict[str, str]:
+        files = {}
+        for paper in papers:
+            files[paper_path(paper.id)] = self.paper_page(paper)
+            svg = self.neighbourhood(paper)
+            if svg:
+                files[neighbourhood_path(paper.id)] = svg
+        return files
+
+    def code_and_notebook_pages(self) -> dict[str, str | bytes]:
+        files: dict[str, str | bytes] = {}
+        for module, source_text in sorted(self.implementations.items()):
+            files[code_path(module)] = self.code_page(module, source_text)
+        for name, notebook_text in self.kb.notebooks.items():
+            files[notebook_download_path(name)] = published_notebook(notebook_text, self.repository)
+            page, figures = notebook_page(name, notebook_text, download=doc_link(notebook_path(name), notebook_download_path(name)),
+                                          repository=self.repository)
+            files[notebook_path(name)] = page
+            folder = posixpath.dirname(notebook_path(name))
+            files.update({f"{folder}/{figure}": data for figure, data in figures.items()})
+        return files
+
+
 def render_site(kb: KnowledgeBase, *, implementations: dict[str, str] | None = None,
                 schema: dict | None = None, guides: set[str] | frozenset = frozenset(),
-                repository: str | None = None, site_url: str | None = None) -> dict[str, str | bytes]:
+                repository: str | None = None, site_url: str | None = None, jobs: int = 1) -> dict[str, str | bytes]:
     """Every generated file, keyed by its path under ``docs/``.
 
     ``implementations`` maps a reference-implementation path (as named in the taxonomy) to its
     source text; ``schema`` is the paper JSON Schema to publish; ``guides`` are the file names of the
     hand-written pages in ``docs/impls/`` (``moe_llava.md`` explains ``reference_impls/moe_llava.py``);
     ``repository`` (its web address) adds "edit this entry" links, and ``site_url`` makes the feed's links absolute.
+    ``jobs`` > 1 renders in that many worker processes (:mod:`moekb.workers`); the files are the same.
     """
     site = SiteRenderer(kb, implementations, guides, repository=repository, site_url=site_url)
-    files: dict[str, str | bytes] = {
-        HOME_SNIPPET: site.home_snippet(),
-        VOCABULARY_SNIPPET: site.vocabulary_snippet(),
-        FIELDS_SNIPPET: field_table(),
-        "taxonomy/index.md": site.taxonomy_index(),
-        ALL_PAPERS_PAGE: site.all_papers(),
-        SURVEYS_PAGE: site.surveys_page(),
-        "gaps/index.md": site.gaps_index(),
-        DOWNLOADS_PAGE: site.downloads(),
-        "downloads/papers.bib": join_entries(site.bibtex.values()),
-        "downloads/papers.json": site.papers_json(),
-        "downloads/papers.csv": site.papers_csv(),
-        GRAPH_PAGE: site.graph_page(),
-        "downloads/graph.json": graph_json(site.graph),
-        "downloads/graph.graphml": graph_graphml(site.graph),
-        CHARTS_PAGE: site.charts_page(),
-        RECENT_PAGE: site.recent_page(),
-        FEED: site.feed(),
-        START_PAGE: site.start_page(),
-    }
-    if schema is not None:
-        files["downloads/paper.schema.json"] = json.dumps(schema, indent=2) + "\n"
-    for perspective in kb.taxonomy.perspectives:
-        files[perspective_path(perspective.id)] = site.perspective_page(perspective)
-        for sub in perspective.subcategories:
-            files[subcategory_path(perspective.id, sub.id)] = site.subcategory_page(perspective, sub)
-    for gap in kb.taxonomy.gaps:
-        files[gap_path(gap.id)] = site.gap_page(gap)
-    for paper in [*kb.papers, *kb.surveys]:
-        files[paper_path(paper.id)] = site.paper_page(paper)
-        svg = site.neighbourhood(paper)
-        if svg:
-            files[neighbourhood_path(paper.id)] = svg
-    for module, source_text in sorted(site.implementations.items()):
-        files[code_path(module)] = site.code_page(module, source_text)
-    for name, notebook_text in kb.notebooks.items():
-        files[notebook_download_path(name)] = published_notebook(notebook_text, site.repository)
-        page, figures = notebook_page(name, notebook_text, download=doc_link(notebook_path(name), notebook_download_path(name)),
-                                      repository=site.repository)
-        files[notebook_path(name)] = page
-        folder = posixpath.dirname(notebook_path(name))
-        files.update({f"{folder}/{figure}": data for figure, data in figures.items()})
-    for name, svg in render_charts(kb).items():
-        files[posixpath.join(posixpath.dirname(CHARTS_PAGE), name)] = svg
+    site.prepare()  # what every task shares, computed once before any worker starts
+    files: dict[str, str | bytes] = {}
+    for part in run_tasks(site.tasks(schema), jobs):
+        files.update(part)
     for name, text in files.items():  # KaTeX only where a title holds math
         if name.endswith(".md") and isinstance(text, str) and f'class="{markup.MATH_CLASS}"' in text:
             css, *scripts = (href(name, asset) for asset in MATH_ASSETS)

@@ -1,0 +1,53 @@
+"""Running the generator's independent tasks in worker processes, as ``sphinx-build -j`` does.
+
+Rendering is pure Python, so threads would share one interpreter lock; processes do not. Workers are
+forked (Linux): they inherit the renderer and everything it prepared, so nothing but the task's
+number goes to a worker and nothing but its files come back. Where forking is unavailable or unsafe
+(another start method is the platform default, or ``jobs`` is 1), the tasks run here, in order; the
+files are the same either way (a test compares them).
+
+Forking a process that runs other threads can deadlock on a lock a thread held at the fork, so the
+mkdocs hook (inside ``mkdocs serve``, which runs a server thread) always renders with ``jobs=1``;
+``moekb build`` runs single-threaded and uses every CPU it may.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import threading
+from collections.abc import Callable, Sequence
+
+Task = Callable[[], dict]
+
+_TASKS: Sequence[Task] = ()  # the tasks of the render in progress, inherited by forked workers
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def can_fork() -> bool:
+    return (sys.platform == "linux" and "fork" in multiprocessing.get_all_start_methods()
+            and threading.active_count() == 1)
+
+
+def _run(index: int) -> dict:
+    return _TASKS[index]()
+
+
+def run_tasks(tasks: Sequence[Task], jobs: int = 1) -> list[dict]:
+    """Each task's result, in the order of ``tasks``; with ``jobs`` > 1 (and forking possible) the
+    tasks run in ``jobs`` forked worker processes."""
+    global _TASKS
+    jobs = min(jobs, len(tasks))
+    if jobs <= 1 or not can_fork():
+        return [task() for task in tasks]
+    _TASKS = tasks
+    try:
+        with multiprocessing.get_context("fork").Pool(jobs) as pool:
+            return pool.map(_run, range(len(tasks)), chunksize=1)
+    finally:
+        _TASKS = ()
