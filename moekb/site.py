@@ -663,11 +663,10 @@ class SiteRenderer:
             writer.writerow(csv_row(paper))
         return stream.getvalue()
 
-
     # -- the whole site, as independent tasks ------------------------------------------------
     def prepare(self) -> None:
-        """Compute what many pages share (graph, related work, links, BibTeX) before the tasks run,
-        so that worker processes inherit it instead of each computing it again."""
+        """Compute what many tasks share (the citation graph, related work, paper-to-paper links) before
+        they run, so that worker processes inherit it instead of each computing it again."""
         self.graph, self.related_work, self.sibling_links, self.implemented_by  # noqa: B018
 
     def tasks(self, schema: dict | None = None) -> list[Callable[[], dict[str, str | bytes]]]:
