@@ -14,14 +14,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 
 from moekb.load import load_knowledge_base, project_root
 from moekb.model import KnowledgeBase
-from moekb.output import sync_tree, write_atomic
+from moekb.output import StagedTree, write_atomic
 from moekb.schema import paper_schema
-from moekb.site import GENERATED_FOLDERS, render_site
+from moekb.site import GENERATED_FOLDERS, site_files
 
 DOCS = Path("docs")
 PAPERS_ENV = "MOEKB_PAPERS"  # another papers folder (e.g. a synthetic corpus) to build from
@@ -44,16 +45,23 @@ def implementation_sources(root: Path, kb: KnowledgeBase) -> dict[str, str]:
     return {m: (root / m).read_text(encoding="utf-8") for m in sorted(modules) if (root / m).is_file()}
 
 
-def generate(root: Path | None = None, papers_dir: Path | None = None, *,
-             jobs: int = 1) -> tuple[KnowledgeBase, dict[str, str | bytes]]:
-    """Load and render (in ``jobs`` processes); raises MoekbError (and so writes nothing) if anything is invalid."""
+def generated_files(root: Path | None = None, papers_dir: Path | None = None, *,
+                    jobs: int = 1) -> tuple[KnowledgeBase, Iterator[tuple[str, str | bytes]]]:
+    """Load and validate (raising MoekbError, so that nothing is written, if anything is invalid), then
+    the generated files as they are rendered (in ``jobs`` processes)."""
     root = project_root(root)
     kb = load_knowledge_base(root, papers_dir or papers_dir_from_env(root))
     guides = {p.name for p in (root / DOCS / "impls").glob("*.md")}
-    files = render_site(kb, implementations=implementation_sources(root, kb), schema=paper_schema(kb.taxonomy),
-                        guides=guides, repository=os.environ.get(REPOSITORY_ENV), site_url=os.environ.get(SITE_URL_ENV),
-                        jobs=jobs)
-    return kb, files
+    return kb, site_files(kb, implementations=implementation_sources(root, kb), schema=paper_schema(kb.taxonomy),
+                          guides=guides, repository=os.environ.get(REPOSITORY_ENV),
+                          site_url=os.environ.get(SITE_URL_ENV), jobs=jobs)
+
+
+def generate(root: Path | None = None, papers_dir: Path | None = None, *,
+             jobs: int = 1) -> tuple[KnowledgeBase, dict[str, str | bytes]]:
+    """The knowledge base and every generated file, in memory."""
+    kb, files = generated_files(root, papers_dir, jobs=jobs)
+    return kb, dict(files)
 
 
 def input_digest(root: Path, papers_dir: Path | None = None) -> str:
@@ -76,20 +84,26 @@ def input_digest(root: Path, papers_dir: Path | None = None) -> str:
 
 def build(root: Path | None = None, papers_dir: Path | None = None, *,
           digest: str | None = None, jobs: int = 1) -> tuple[KnowledgeBase, int, int]:
-    """Render everything in memory, then make each generated folder of ``docs/`` hold exactly its files
-    (hand-written pages live in other folders and are never touched). ``digest``: the inputs' digest
-    when the caller has just computed it; ``jobs``: worker processes for rendering (:mod:`moekb.workers`)."""
+    """Validate, render, then make each generated folder of ``docs/`` hold exactly its files (hand-written
+    pages live in other folders and are never touched). Files are staged beside their targets as they
+    are rendered and renamed into place only once all rendered, so a failure leaves the previous pages.
+    ``digest``: the inputs' digest when the caller has just computed it; ``jobs``: worker processes for
+    rendering (:mod:`moekb.workers`)."""
     root = project_root(root)
     # taken before reading the inputs: an edit made while rendering makes the next check rebuild
     digest = digest or input_digest(root, papers_dir)
-    kb, files = generate(root, papers_dir, jobs=jobs)
-    written = removed = 0
-    for folder in GENERATED_FOLDERS:
-        prefix = folder + "/"
-        mine = {name[len(prefix):]: content for name, content in files.items() if name.startswith(prefix)}
-        w, r = sync_tree(mine, root / DOCS / folder)
-        written, removed = written + w, removed + r
-    write_atomic(root / STAMP, json.dumps({"digest": digest, "files": sorted(files)}).encode("utf-8"))
+    kb, files = generated_files(root, papers_dir, jobs=jobs)
+    staged, names = StagedTree(root / DOCS), []
+    try:
+        for name, content in files:
+            if name.partition("/")[0] in GENERATED_FOLDERS:
+                staged.add(name, content)
+                names.append(name)
+    except BaseException:
+        staged.discard()
+        raise
+    written, removed = staged.commit(GENERATED_FOLDERS)
+    write_atomic(root / STAMP, json.dumps({"digest": digest, "files": sorted(names)}).encode("utf-8"))
     return kb, written, removed
 
 

@@ -21,7 +21,7 @@ import io
 import json
 import posixpath
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import cached_property, lru_cache, partial
 from pathlib import Path
 
@@ -719,25 +719,35 @@ class SiteRenderer:
         return files
 
 
-def render_site(kb: KnowledgeBase, *, implementations: dict[str, str] | None = None,
-                schema: dict | None = None, guides: set[str] | frozenset = frozenset(),
-                repository: str | None = None, site_url: str | None = None, jobs: int = 1) -> dict[str, str | bytes]:
-    """Every generated file, keyed by its path under ``docs/``.
+def render_site(kb: KnowledgeBase, **options) -> dict[str, str | bytes]:
+    """Every generated file, keyed by its path under ``docs/`` (the options of :func:`site_files`)."""
+    return dict(site_files(kb, **options))
+
+
+def site_files(kb: KnowledgeBase, *, implementations: dict[str, str] | None = None,
+               schema: dict | None = None, guides: set[str] | frozenset = frozenset(),
+               repository: str | None = None, site_url: str | None = None,
+               jobs: int = 1) -> Iterator[tuple[str, str | bytes]]:
+    """Every generated file as (path under ``docs/``, text or bytes), as soon as it is rendered.
 
     ``implementations`` maps a reference-implementation path (as named in the taxonomy) to its
     source text; ``schema`` is the paper JSON Schema to publish; ``guides`` are the file names of the
     hand-written pages in ``docs/impls/`` (``moe_llava.md`` explains ``reference_impls/moe_llava.py``);
     ``repository`` (its web address) adds "edit this entry" links, and ``site_url`` makes the feed's links absolute.
-    ``jobs`` > 1 renders in that many worker processes (:mod:`moekb.workers`); the files are the same.
+    ``jobs`` > 1 renders in that many worker processes (:mod:`moekb.workers`); the files are the same,
+    in the same order.
     """
     site = SiteRenderer(kb, implementations, guides, repository=repository, site_url=site_url)
     site.prepare()  # what every task shares, computed once before any worker starts
-    files: dict[str, str | bytes] = {}
     for part in run_tasks(site.tasks(schema), jobs):
-        files.update(part)
-    for name, text in files.items():  # KaTeX only where a title holds math
-        if name.endswith(".md") and isinstance(text, str) and f'class="{markup.MATH_CLASS}"' in text:
-            css, *scripts = (href(name, asset) for asset in MATH_ASSETS)
-            files[name] = text + f'\n<link rel="stylesheet" href="{css}">\n' + "".join(
-                f'<script src="{src}"></script>\n' for src in scripts)
-    return files
+        for name, content in part.items():
+            yield name, with_math_assets(name, content)
+
+
+def with_math_assets(name: str, content: str | bytes) -> str | bytes:
+    """A page whose titles hold math, with KaTeX's stylesheet and scripts (only there)."""
+    if name.endswith(".md") and isinstance(content, str) and f'class="{markup.MATH_CLASS}"' in content:
+        css, *scripts = (href(name, asset) for asset in MATH_ASSETS)
+        return content + f'\n<link rel="stylesheet" href="{css}">\n' + "".join(
+            f'<script src="{src}"></script>\n' for src in scripts)
+    return content

@@ -17,7 +17,7 @@ import multiprocessing
 import os
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 Task = Callable[[], dict]
 
@@ -38,16 +38,18 @@ def _run(index: int) -> dict:
     return _TASKS[index]()
 
 
-def run_tasks(tasks: Sequence[Task], jobs: int = 1) -> list[dict]:
-    """Each task's result, in the order of ``tasks``; with ``jobs`` > 1 (and forking possible) the
-    tasks run in ``jobs`` forked worker processes."""
+def run_tasks(tasks: Sequence[Task], jobs: int = 1) -> Iterator[dict]:
+    """Each task's result, in the order of ``tasks``, as soon as it and those before it are done;
+    with ``jobs`` > 1 (and forking possible) the tasks run in ``jobs`` forked worker processes while
+    the caller consumes the results."""
     global _TASKS
     jobs = min(jobs, len(tasks))
     if jobs <= 1 or not can_fork():
-        return [task() for task in tasks]
+        yield from (task() for task in tasks)
+        return
     _TASKS = tasks
     try:
         with multiprocessing.get_context("fork").Pool(jobs) as pool:
-            return pool.map(_run, range(len(tasks)), chunksize=1)
+            yield from pool.imap(_run, range(len(tasks)))
     finally:
         _TASKS = ()

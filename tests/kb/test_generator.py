@@ -15,7 +15,7 @@ from moekb.build import build, build_if_changed, generate
 from moekb.errors import MoekbError
 from moekb.load import load_knowledge_base
 from moekb.mkdocs_hook import on_pre_build
-from moekb.site import doc_link, href, render_site
+from moekb.site import SiteRenderer, doc_link, href, render_site
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = (Path(__file__).parent / "bad_entries" / "cites-self" / "lovelace2024test.yaml").read_text()
@@ -161,6 +161,24 @@ def test_a_failed_build_leaves_the_previous_output(small_project):
         build(small_project)
     after = {p: p.read_bytes() for p in generated.rglob("*") if p.is_file()}
     assert after == before
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_build_failing_while_rendering_leaves_the_previous_output_and_no_staged_files(small_project, monkeypatch, jobs):
+    build(small_project)
+    generated = small_project / "docs"
+    before = {p: p.read_bytes() for p in generated.rglob("*") if p.is_file()}
+    (small_project / "papers" / "turing2024other.yaml").write_text(
+        (small_project / "papers" / "turing2024other.yaml").read_text().replace("Routing Without Tears", "Renamed"))
+
+    def broken_paper_page(self, paper):  # other files are rendered (and staged) before and after this one
+        raise RuntimeError("a rendering bug")
+
+    monkeypatch.setattr(SiteRenderer, "paper_page", broken_paper_page)  # forked workers inherit the patch
+    with pytest.raises(Exception, match="a rendering bug"):
+        build(small_project, jobs=jobs)
+    after = {p: p.read_bytes() for p in generated.rglob("*") if p.is_file()}
+    assert after == before  # nothing renamed into place, every staged temporary file removed
 
 
 def test_rebuild_writes_only_changes_and_removes_stale_pages(small_project):

@@ -22,19 +22,19 @@ def pid_task() -> dict:
 
 @pytest.mark.skipif(not workers.can_fork(), reason="forked workers need Linux and a single-threaded process")
 def test_tasks_run_in_other_processes_and_come_back_in_order():
-    results = workers.run_tasks([pid_task, lambda: {"n": 1}, lambda: {"n": 2}, pid_task], jobs=2)
+    results = list(workers.run_tasks([pid_task, lambda: {"n": 1}, lambda: {"n": 2}, pid_task], jobs=2))
     assert [r.get("n") for r in results] == [None, 1, 2, None]
     assert {results[0]["pid"], results[3]["pid"]} != {os.getpid()}
 
 
 def test_one_job_or_a_threaded_process_runs_the_tasks_here():
-    assert workers.run_tasks([pid_task], jobs=1) == [{"pid": os.getpid()}]
+    assert list(workers.run_tasks([pid_task], jobs=1)) == [{"pid": os.getpid()}]
     release = threading.Event()
     thread = threading.Thread(target=release.wait)
     thread.start()
     try:  # a second thread (as under `mkdocs serve`): forking could deadlock, so no workers
         assert not workers.can_fork()
-        assert workers.run_tasks([pid_task, pid_task], jobs=2) == [{"pid": os.getpid()}] * 2
+        assert list(workers.run_tasks([pid_task, pid_task], jobs=2)) == [{"pid": os.getpid()}] * 2
     finally:
         release.set()
         thread.join()
