@@ -18,6 +18,14 @@ against a page of the plain site.
     python benchmarks/site_build.py                  # real corpus, N = 500 and 2000
     python benchmarks/site_build.py --sizes 200 --repeat 1
     python benchmarks/site_build.py --sites /dev/shm # built sites in memory: disk noise left out
+    python benchmarks/site_build.py --sizes 2000 --decompose   # where the mkdocs time goes
+
+``--decompose`` also builds two copies of our site with mkdocs in which only the paper pages differ:
+every paper page cut down to its head (title, byline, facts table) and summary, and every paper page
+replaced by a one-sentence page like the plain site's. With the paper pages bare, what remains over
+the plain build is the rest of our site (taxonomy, gap, graph and list pages, the code and notebook
+pages, our Markdown extensions and navigation); the steps between show what each paper page's content
+costs. (The hook leaves the rewritten pages alone: their inputs have not changed.)
 """
 
 from __future__ import annotations
@@ -92,7 +100,33 @@ def page_weight(site: Path, page: Path) -> int:
     return total
 
 
-def measure(label: str, papers: Path | None, n: int, repeat: int, sites: Path) -> None:
+def rewrite_paper_pages(folder: Path, keep: str) -> None:
+    """Cut every paper page of a built copy of our project down to ``keep``: "facts" (title, byline,
+    facts table, summary) or "bare" (one sentence, as the plain site's pages)."""
+    for page in (folder / "docs" / "papers").glob("*/index.md"):
+        text = page.read_text(encoding="utf-8")
+        front_end = text.index("\n---\n", 4) + len("\n---\n")
+        if keep == "bare":
+            page.write_text(text[:front_end] + "\n# Page\n\nOne sentence of text.\n", encoding="utf-8")
+            continue
+        summary = re.search(r"## Summary\n\n<p>.*?</p>\n", text, re.S)
+        if "</table>" not in text or not summary:
+            raise SystemExit(f"{page}: no facts table or summary where the paper template puts them")
+        page.write_text(text[: text.index("</table>") + len("</table>")] + "\n\n" + summary.group(0), encoding="utf-8")
+
+
+def decompose(label: str, ours: Path, plain: float, full: float, repeat: int, env: dict) -> None:
+    times = {}
+    for keep in ("bare", "facts"):
+        variant = ours.parent / f"ours-{keep}"
+        shutil.copytree(ours, variant, symlinks=True, ignore=shutil.ignore_patterns("site"))
+        rewrite_paper_pages(variant, keep)
+        times[keep] = fastest([timed([str(BIN / "mkdocs"), "build", "-q"], variant, env) for _ in range(repeat)])[0]
+    print(f"| {label} | {plain:.2f} | {times['bare']:.2f} ({times['bare'] / plain:.2f}x) | "
+          f"{times['facts']:.2f} ({times['facts'] / plain:.2f}x) | {full:.2f} ({full / plain:.2f}x) |", flush=True)
+
+
+def measure(label: str, papers: Path | None, n: int, repeat: int, sites: Path, decompositions: list) -> None:
     work = Path(tempfile.mkdtemp(prefix="moekb-bench-", dir=sites))
     env = {**ENV, **({"MOEKB_PAPERS": str(papers)} if papers else {})}
     ours = project_copy(work / "ours")
@@ -111,7 +145,10 @@ def measure(label: str, papers: Path | None, n: int, repeat: int, sites: Path) -
           f"{zensical[0]:.2f} ({zensical[1]:.2f}) | {plain[0]:.2f} ({plain[1]:.2f}) | "
           f"{mkdocs[0] / plain[0]:.2f}x ({mkdocs[1] / plain[1]:.2f}x) | {weight / 1024:.0f} KB / {reference_weight / 1024:.0f} KB "
           f"= {weight / reference_weight:.2f}x |", flush=True)
-    shutil.rmtree(work, ignore_errors=True)
+    if decompositions is not None:
+        decompositions.append((label, ours, plain[0], mkdocs[0], repeat, env, work))
+    else:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def main() -> None:
@@ -120,18 +157,31 @@ def main() -> None:
     parser.add_argument("--no-real", action="store_true")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--sites", type=Path, default=Path(tempfile.gettempdir()))
+    parser.add_argument("--decompose", action="store_true",
+                        help="also build our site with the paper pages cut down (where the mkdocs time goes)")
     args = parser.parse_args()
     from moekb.load import load_knowledge_base
     from moekb.synth import write_synthetic_corpus
 
     print("| papers | validate + generate | mkdocs | zensical | plain Material | mkdocs / plain | paper page weight (ours / plain) |")
     print("|---|---|---|---|---|---|---|")
+    decompositions = [] if args.decompose else None
+    corpora = []
     if not args.no_real:
         n = len(load_knowledge_base(ROOT).papers)
-        measure(f"{n} (real)", None, n, args.repeat, args.sites)
+        measure(f"{n} (real)", None, n, args.repeat, args.sites, decompositions)
     for n in args.sizes:
-        corpus = write_synthetic_corpus(Path(tempfile.mkdtemp(prefix=f"moekb-synth-{n}-")), n, root=ROOT, force=True)
-        measure(str(n), corpus, n, args.repeat, args.sites)
+        corpora.append(write_synthetic_corpus(Path(tempfile.mkdtemp(prefix=f"moekb-synth-{n}-")), n, root=ROOT, force=True))
+        measure(str(n), corpora[-1], n, args.repeat, args.sites, decompositions)
+    if decompositions:
+        print("\nmkdocs build, wall seconds (x plain): our site with every paper page bare, with paper pages of facts and "
+              "summary only, and whole\n")
+        print("| papers | plain Material | ours, paper pages bare | ours, facts and summary only | ours, whole |")
+        print("|---|---|---|---|---|")
+        for label, ours, plain, full, repeat, env, work in decompositions:
+            decompose(label, ours, plain, full, repeat, env)
+            shutil.rmtree(work, ignore_errors=True)
+    for corpus in corpora:
         shutil.rmtree(corpus, ignore_errors=True)
 
 
