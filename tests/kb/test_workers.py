@@ -1,16 +1,23 @@
-"""Rendering in worker processes gives the same files, in the same order, as rendering here."""
+"""Rendering in worker processes gives the same files, in the same order, as rendering here.
+
+The test process itself may run other threads (the browser tests' server), in which case workers
+rightly refuse to fork; so the checks that need workers run in a fresh interpreter, which asserts
+that it could fork.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 from pathlib import Path
 
 import pytest
 
 from moekb import workers
-from moekb.load import load_knowledge_base
-from moekb.site import render_site
 from moekb.synth import write_synthetic_corpus
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,11 +27,25 @@ def pid_task() -> dict:
     return {"pid": os.getpid()}
 
 
-@pytest.mark.skipif(not workers.can_fork(), reason="forked workers need Linux and a single-threaded process")
+def in_fresh_interpreter(code: str) -> dict:
+    """Run ``code`` (which prints one JSON value) in a new single-threaded Python."""
+    prologue = "import json, os\nfrom moekb import workers\nassert workers.can_fork(), 'a fresh interpreter must be able to fork'\n"
+    result = subprocess.run([sys.executable, "-c", prologue + textwrap.dedent(code)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="workers fork on Linux only (elsewhere the tasks run in-process)")
 def test_tasks_run_in_other_processes_and_come_back_in_order():
-    results = list(workers.run_tasks([pid_task, lambda: {"n": 1}, lambda: {"n": 2}, pid_task], jobs=2))
+    out = in_fresh_interpreter("""
+        pid = lambda: {"pid": os.getpid()}
+        results = list(workers.run_tasks([pid, lambda: {"n": 1}, lambda: {"n": 2}, pid], jobs=2))
+        print(json.dumps({"parent": os.getpid(), "results": results}))
+    """)
+    results = out["results"]
     assert [r.get("n") for r in results] == [None, 1, 2, None]
-    assert {results[0]["pid"], results[3]["pid"]} != {os.getpid()}
+    assert out["parent"] not in {results[0]["pid"], results[3]["pid"]}
 
 
 def test_one_job_or_a_threaded_process_runs_the_tasks_here():
@@ -40,15 +61,23 @@ def test_one_job_or_a_threaded_process_runs_the_tasks_here():
         thread.join()
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="workers fork on Linux only (elsewhere the tasks run in-process)")
 @pytest.mark.parametrize("corpus", ["real", "synthetic"])
 def test_workers_render_the_same_site(corpus, tmp_path):
     papers = None
     if corpus == "synthetic":
-        papers = tmp_path / "papers"
-        write_synthetic_corpus(papers, 250, seed=3, root=ROOT)
-    kb = load_knowledge_base(ROOT, papers)
-    here = render_site(kb, jobs=1)
-    in_workers = render_site(kb, jobs=3)
-    assert list(in_workers) == list(here)  # same files, same order
-    assert in_workers == here
-    assert sum(name.startswith("papers/") and name.endswith("/index.md") for name in here) == len(kb.papers) + len(kb.surveys) + 1  # + the list
+        papers = write_synthetic_corpus(tmp_path / "papers", 250, seed=3, root=ROOT)
+    out = in_fresh_interpreter(f"""
+        from pathlib import Path
+        from moekb.load import load_knowledge_base
+        from moekb.site import render_site
+        papers = {str(papers) if papers else None!r}
+        kb = load_knowledge_base(Path({str(ROOT)!r}), Path(papers) if papers else None)
+        here = render_site(kb, jobs=1)
+        in_workers = render_site(kb, jobs=3)
+        pages = sum(name.startswith("papers/") and name.endswith("/index.md") for name in here)
+        print(json.dumps({{"same_order": list(in_workers) == list(here), "same": in_workers == here, "pages": pages,
+                          "entries": len(kb.papers) + len(kb.surveys)}}))
+    """)
+    assert out["same_order"] and out["same"]
+    assert out["pages"] == out["entries"] + 1  # every entry's page, and the list of them all
