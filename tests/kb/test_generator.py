@@ -174,7 +174,7 @@ def test_a_build_failing_while_rendering_leaves_the_previous_output_and_no_stage
     def broken_paper_page(self, paper):  # other files are rendered (and staged) before and after this one
         raise RuntimeError("a rendering bug")
 
-    monkeypatch.setattr(SiteRenderer, "paper_page", broken_paper_page)  # forked workers inherit the patch
+    monkeypatch.setattr(SiteRenderer, "paper_page", broken_paper_page)  # workers, where this process may fork, inherit it
     with pytest.raises(Exception, match="a rendering bug"):
         build(small_project, jobs=jobs)
     after = {p: p.read_bytes() for p in generated.rglob("*") if p.is_file()}

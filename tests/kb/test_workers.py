@@ -81,3 +81,16 @@ def test_workers_render_the_same_site(corpus, tmp_path):
     """)
     assert out["same_order"] and out["same"]
     assert out["pages"] == out["entries"] + 1  # every entry's page, and the list of them all
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="workers fork on Linux only (elsewhere the tasks run in-process)")
+def test_a_task_failing_in_a_worker_fails_the_run_here():
+    out = in_fresh_interpreter("""
+        def failing():
+            raise ValueError("a rendering bug")
+        try:
+            list(workers.run_tasks([lambda: {"a": 1}, failing, lambda: {"b": 2}], jobs=2))
+        except ValueError as err:
+            print(json.dumps({"raised": str(err), "tasks_left": len(workers._TASKS)}))
+    """)
+    assert out == {"raised": "a rendering bug", "tasks_left": 0}
