@@ -115,15 +115,15 @@ def rewrite_paper_pages(folder: Path, keep: str) -> None:
         page.write_text(text[: text.index("</table>") + len("</table>")] + "\n\n" + summary.group(0), encoding="utf-8")
 
 
-def decompose(label: str, ours: Path, plain: float, full: float, repeat: int, env: dict) -> None:
+def decompose(label: str, ours: Path, plain: float, full: float, repeat: int, env: dict) -> str:
     times = {}
     for keep in ("bare", "facts"):
         variant = ours.parent / f"ours-{keep}"
         shutil.copytree(ours, variant, symlinks=True, ignore=shutil.ignore_patterns("site"))
         rewrite_paper_pages(variant, keep)
         times[keep] = fastest([timed([str(BIN / "mkdocs"), "build", "-q"], variant, env) for _ in range(repeat)])[0]
-    print(f"| {label} | {plain:.2f} | {times['bare']:.2f} ({times['bare'] / plain:.2f}x) | "
-          f"{times['facts']:.2f} ({times['facts'] / plain:.2f}x) | {full:.2f} ({full / plain:.2f}x) |", flush=True)
+    return (f"| {label} | {plain:.2f} | {times['bare']:.2f} ({times['bare'] / plain:.2f}x) | "
+            f"{times['facts']:.2f} ({times['facts'] / plain:.2f}x) | {full:.2f} ({full / plain:.2f}x) |")
 
 
 def measure(label: str, papers: Path | None, n: int, repeat: int, sites: Path, decompositions: list) -> None:
@@ -145,10 +145,9 @@ def measure(label: str, papers: Path | None, n: int, repeat: int, sites: Path, d
           f"{zensical[0]:.2f} ({zensical[1]:.2f}) | {plain[0]:.2f} ({plain[1]:.2f}) | "
           f"{mkdocs[0] / plain[0]:.2f}x ({mkdocs[1] / plain[1]:.2f}x) | {weight / 1024:.0f} KB / {reference_weight / 1024:.0f} KB "
           f"= {weight / reference_weight:.2f}x |", flush=True)
-    if decompositions is not None:
-        decompositions.append((label, ours, plain[0], mkdocs[0], repeat, env, work))
-    else:
-        shutil.rmtree(work, ignore_errors=True)
+    if decompositions is not None:  # measured now, printed after the main table
+        decompositions.append(decompose(label, ours, plain[0], mkdocs[0], repeat, env))
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def main() -> None:
@@ -178,9 +177,7 @@ def main() -> None:
               "summary only, and whole\n")
         print("| papers | plain Material | ours, paper pages bare | ours, facts and summary only | ours, whole |")
         print("|---|---|---|---|---|")
-        for label, ours, plain, full, repeat, env, work in decompositions:
-            decompose(label, ours, plain, full, repeat, env)
-            shutil.rmtree(work, ignore_errors=True)
+        print("\n".join(decompositions))
     for corpus in corpora:
         shutil.rmtree(corpus, ignore_errors=True)
 

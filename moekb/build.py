@@ -11,6 +11,7 @@ a second validation and rendering, while ``mkdocs serve`` still regenerates afte
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -31,6 +32,7 @@ SITE_URL_ENV = "MOEKB_SITE_URL"  # the deployed address (as mkdocs.yml's site_ur
 # What the generated pages are made from, besides the papers folder and the generator's own code.
 INPUTS = ("taxonomy", "notebooks", "reference_impls", "docs/impls")
 STAMP = Path(".cache") / "moekb-build.json"  # the digest of the inputs of the pages on disk, and their names
+LOCK = Path(".cache") / "moekb-build.lock"
 
 
 def papers_dir_from_env(root: Path) -> Path | None:
@@ -92,19 +94,41 @@ def build(root: Path | None = None, papers_dir: Path | None = None, *,
     root = project_root(root)
     # taken before reading the inputs: an edit made while rendering makes the next check rebuild
     digest = digest or input_digest(root, papers_dir)
-    kb, files = generated_files(root, papers_dir, jobs=jobs)
-    staged, names = StagedTree(root / DOCS), []
-    try:
-        for name, content in files:
-            if name.partition("/")[0] in GENERATED_FOLDERS:
-                staged.add(name, content)
-                names.append(name)
-    except BaseException:
-        staged.discard()
-        raise
-    written, removed = staged.commit(GENERATED_FOLDERS)
-    write_atomic(root / STAMP, json.dumps({"digest": digest, "files": sorted(names)}).encode("utf-8"))
+    with one_build_at_a_time(root):
+        kb, files = generated_files(root, papers_dir, jobs=jobs)
+        staged, names = StagedTree(root / DOCS), []
+        try:
+            for name, content in files:
+                if name.partition("/")[0] in GENERATED_FOLDERS:
+                    staged.add(name, content)
+                    names.append(name)
+        except BaseException:
+            files.close()  # stops the workers now, not when the generator is collected
+            staged.discard()
+            raise
+        written, removed = staged.commit(GENERATED_FOLDERS)
+        write_atomic(root / STAMP, json.dumps({"digest": digest, "files": sorted(names)}).encode("utf-8"))
     return kb, written, removed
+
+
+@contextlib.contextmanager
+def one_build_at_a_time(root: Path) -> Iterator[None]:
+    """Hold the project's build lock (``.cache/moekb-build.lock``): a second build, such as ``moekb build``
+    while ``mkdocs serve`` regenerates, waits for the first instead of removing its staged files as stale.
+    An advisory ``flock`` (POSIX); where there is none, builds are not serialised."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    lock = root / LOCK
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def build_if_changed(root: Path | None = None, papers_dir: Path | None = None) -> tuple[KnowledgeBase, int, int] | None:

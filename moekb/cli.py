@@ -32,6 +32,13 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def positive_int(text: str) -> int:
+    value = int(text) if text.isdigit() else 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r}")
+    return value
+
+
 def cmd_build(args) -> int:
     kb, written, removed = build(args.root, args.papers, jobs=args.jobs or available_cpus())
     for warning in cycle_warnings(citation_graph(kb, bare=True)):
@@ -136,7 +143,7 @@ def parser() -> argparse.ArgumentParser:
 
     papers_option(sub.add_parser("validate", help="check every entry and the taxonomy; print path:line: message")).set_defaults(func=cmd_validate)
     build_parser = papers_option(sub.add_parser("build", help="validate, then write the generated pages into docs/ (nothing is written on error)"))
-    build_parser.add_argument("--jobs", "-j", type=int, metavar="N",
+    build_parser.add_argument("--jobs", "-j", type=positive_int, metavar="N",
                               help="render in N worker processes (default: every CPU this process may use)")
     build_parser.set_defaults(func=cmd_build)
     stats = papers_option(sub.add_parser("stats", help="papers per perspective, sub-category, gap and year"))

@@ -27,3 +27,6 @@ class MoekbError(Exception):
     def __init__(self, problems: list[Problem] | Problem):
         self.problems = sorted([problems] if isinstance(problems, Problem) else problems)
         super().__init__("\n".join(str(p) for p in self.problems))
+
+    def __reduce__(self):  # rebuilt from its problems when it comes back from a worker process
+        return type(self), (self.problems,)

@@ -40,11 +40,14 @@ class StagedTree:
         self.root = os.fspath(root)
         self.wanted: set[str] = set()
         self.staged: list[tuple[str, str]] = []  # (temporary file, final path)
+        self.made: list[str] = []  # folders that did not exist before, in the order they were made
 
     def add(self, name: str, content: str | bytes) -> None:
-        data = content.encode("utf-8") if isinstance(content, str) else content
         path = os.path.normpath(os.path.join(self.root, name))
+        if path in self.wanted:
+            raise ValueError(f"{name} is generated twice")
         self.wanted.add(path)
+        data = content.encode("utf-8") if isinstance(content, str) else content
         try:
             with open(path, "rb") as handle:
                 if handle.read() == data:
@@ -52,25 +55,47 @@ class StagedTree:
         except (FileNotFoundError, NotADirectoryError):
             pass
         folder, base = os.path.split(path)
-        os.makedirs(folder, exist_ok=True)
+        self._make_folder(folder)
         fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=folder)
         self.staged.append((tmp, path))  # before writing: discard() must find it even if the write fails
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
 
+    def _make_folder(self, folder: str) -> None:
+        missing = []
+        while folder and not os.path.isdir(folder):
+            missing.append(folder)
+            folder = os.path.dirname(folder)
+        for new in reversed(missing):
+            os.makedirs(new, exist_ok=True)
+            self.made.append(new)
+
     def discard(self) -> None:
+        """Remove every staged file, and the folders made for them."""
         for tmp, _ in self.staged:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
         self.staged.clear()
+        for folder in reversed(self.made):
+            with contextlib.suppress(OSError):  # not empty: something else put a file there meanwhile
+                os.rmdir(folder)
+        self.made.clear()
 
     def commit(self, folders: Iterable[str] = (".",)) -> tuple[int, int]:
         """Rename the staged files into place, then make each of ``folders`` (relative to the root)
-        hold exactly the files added under it; return (files written, files removed)."""
-        for tmp, path in self.staged:
-            os.replace(tmp, path)
-        written, removed = len(self.staged), 0
+        hold exactly the files added under it; return (files written, files removed). If a rename
+        fails, the files not yet renamed are removed."""
+        written = len(self.staged)
+        for done, (tmp, path) in enumerate(self.staged):
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                del self.staged[:done]
+                self.discard()
+                raise
         self.staged.clear()
+        self.made.clear()
+        removed = 0
         for name in folders:
             top = os.path.normpath(os.path.join(self.root, name))
             for folder, _, names in os.walk(top, topdown=False):
@@ -82,15 +107,3 @@ class StagedTree:
                 if folder != top and not os.listdir(folder):
                     os.rmdir(folder)
         return written, removed
-
-
-def sync_tree(files: dict[str, str | bytes], target: Path) -> tuple[int, int]:
-    """Make ``target`` hold exactly ``files``; return (files written, files removed)."""
-    staged = StagedTree(target)
-    try:
-        for name, content in files.items():
-            staged.add(name, content)
-    except BaseException:
-        staged.discard()
-        raise
-    return staged.commit()

@@ -79,13 +79,10 @@ class RelatedWork:
 def strongest(counts: Counter, n: int, excluded: set[str] = frozenset()) -> tuple[tuple[str, int], ...]:
     """The ``n`` highest counts, ties by id. Only the items at or above the n-th highest count are
     sorted (the counts of one paper's neighbourhood run to hundreds of items)."""
+    if n <= 0:
+        return ()
     items = [(k, v) for k, v in counts.items() if k not in excluded] if excluded else list(counts.items())
     if len(items) > n:
         cutoff = heapq.nlargest(n, counts.values() if not excluded else (v for _, v in items))[-1]
         items = [kv for kv in items if kv[1] >= cutoff]
     return tuple(sorted(items, key=lambda kv: (-kv[1], kv[0]))[:n])
-
-
-def related_work(graph: nx.DiGraph, paper: str) -> Neighbourhood:
-    """One paper's related work (builds the index: for many papers, keep a :class:`RelatedWork`)."""
-    return RelatedWork(graph).of(paper)

@@ -15,6 +15,7 @@ filter (escaped by markupsafe) or, in the few Markdown lines, through :func:`moe
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import io
@@ -221,9 +222,7 @@ class SiteRenderer:
         """Each paper's link by title and by short name, as written on a paper page. Paper pages are
         siblings (``papers/<id>/``), so a link reads the same from every one of them: rendered once
         here instead of once per page that shows it (tens of thousands of links at 2000 papers)."""
-        if not self.kb.paper:
-            return {}, {}
-        here = paper_path(next(iter(self.kb.paper)))
+        here = paper_path("any-paper")
         by_title, by_name = {}, {}
         for paper in [*self.kb.papers, *self.kb.surveys]:
             url = href(here, paper_path(paper.id))
@@ -719,9 +718,12 @@ class SiteRenderer:
         return files
 
 
-def render_site(kb: KnowledgeBase, **options) -> dict[str, str | bytes]:
-    """Every generated file, keyed by its path under ``docs/`` (the options of :func:`site_files`)."""
-    return dict(site_files(kb, **options))
+def render_site(kb: KnowledgeBase, *, implementations: dict[str, str] | None = None,
+                schema: dict | None = None, guides: set[str] | frozenset = frozenset(),
+                repository: str | None = None, site_url: str | None = None, jobs: int = 1) -> dict[str, str | bytes]:
+    """Every generated file, keyed by its path under ``docs/`` (the arguments are :func:`site_files`')."""
+    return dict(site_files(kb, implementations=implementations, schema=schema, guides=guides, repository=repository,
+                           site_url=site_url, jobs=jobs))
 
 
 def site_files(kb: KnowledgeBase, *, implementations: dict[str, str] | None = None,
@@ -739,9 +741,10 @@ def site_files(kb: KnowledgeBase, *, implementations: dict[str, str] | None = No
     """
     site = SiteRenderer(kb, implementations, guides, repository=repository, site_url=site_url)
     site.prepare()  # what every task shares, computed once before any worker starts
-    for part in run_tasks(site.tasks(schema), jobs):
-        for name, content in part.items():
-            yield name, with_math_assets(name, content)
+    with contextlib.closing(run_tasks(site.tasks(schema), jobs)) as parts:  # closed early: the workers stop
+        for part in parts:
+            for name, content in part.items():
+                yield name, with_math_assets(name, content)
 
 
 def with_math_assets(name: str, content: str | bytes) -> str | bytes:

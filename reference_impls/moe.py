@@ -335,7 +335,8 @@ class _ContiguousGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
-        return grad.contiguous()
+        # an empty tensor counts as contiguous whatever its strides, so zero rows get a fresh one
+        return grad.contiguous() if grad.numel() else torch.zeros(grad.shape, dtype=grad.dtype, device=grad.device)
 
 
 ExpertBackend = Literal["auto", "grouped_mm", "loop"]
@@ -437,7 +438,9 @@ class Experts(nn.Module):
                 continue
             he = act(torch.addmm(b1[e], xe, w1[e]) if b1[e] is not None else xe @ w1[e])
             outs.append(torch.addmm(b2[e], he, w2[e]) if b2[e] is not None else he @ w2[e])
-        return torch.cat(outs) if outs else x.new_zeros(0, self.d_model)
+        if not outs:  # no rows: an empty result that still belongs to x's graph, so backward() works
+            return x @ x.new_zeros(self.d_model, self.d_model)
+        return torch.cat(outs)
 
 
 # ----------------------------------------------------------------------------------------------------

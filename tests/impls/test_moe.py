@@ -430,6 +430,17 @@ def test_expert_paths_match_a_per_row_oracle_in_values_and_gradients(backend, bi
         assert (got[empty] == 0).all()
 
 
+@pytest.mark.parametrize("backend", ["auto", "grouped_mm", "loop"])
+def test_expert_paths_take_zero_rows(backend):
+    experts = Experts(4, 16, 32, backend=backend)
+    rows = torch.randn(0, 16, requires_grad=True)
+    out = experts(rows, torch.zeros(4, dtype=torch.long))
+    assert out.shape == (0, 16)
+    out.sum().backward()
+    assert rows.grad is not None and rows.grad.shape == (0, 16)
+    assert all(p.grad is None or not p.grad.any() for p in experts.parameters())
+
+
 # --- second-expert sampling, train/eval capacity, dtypes ------------------------------------------
 
 

@@ -41,7 +41,7 @@ def test_hand_checked_graph():
     # y shares both references and the citer z; z and w share nothing with x, so only y is related
     assert related.related == (Related("y", 3, ("a", "b"), ("z",)),)
     assert related.prior == (("a", 1), ("b", 1), ("c", 1))  # what the related set cites, ties by id
-    assert related.later == (("w", 1), ("z", 1))  # what cites the related set, x itself left out
+    assert related.later == (("w", 1), ("z", 1))  # what cites the related set (x cites a and b, not y)
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -94,3 +94,30 @@ def test_a_task_failing_in_a_worker_fails_the_run_here():
             print(json.dumps({"raised": str(err), "tasks_left": len(workers._TASKS)}))
     """)
     assert out == {"raised": "a rendering bug", "tasks_left": 0}
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="workers fork on Linux only (elsewhere the tasks run in-process)")
+def test_a_build_failing_in_a_worker_leaves_the_previous_output(make_project):
+    project = make_project({"lovelace2024test.yaml": (ROOT / "tests/kb/bad_entries/cites-self/lovelace2024test.yaml")
+                            .read_text().replace("cites: [lovelace2024test]", "cites: []")})
+    out = in_fresh_interpreter(f"""
+        from pathlib import Path
+        from moekb.build import build
+        from moekb.site import SiteRenderer
+        project = Path({str(project)!r})
+        build(project, jobs=2)
+        before = {{str(p): p.read_bytes() for p in (project / "docs").rglob("*") if p.is_file()}}
+        paper = project / "papers" / "lovelace2024test.yaml"
+        paper.write_text(paper.read_text().replace("A Test Entry", "Renamed"))
+        def broken(self, paper):
+            raise RuntimeError("a rendering bug in a worker")
+        SiteRenderer.paper_page = broken  # inherited by the forked workers
+        try:
+            build(project, jobs=2)
+        except RuntimeError as err:
+            raised = str(err)
+        after = {{str(p): p.read_bytes() for p in (project / "docs").rglob("*") if p.is_file()}}
+        print(json.dumps({{"raised": raised, "unchanged": after == before, "files": len(before)}}))
+    """)
+    assert out["raised"] == "a rendering bug in a worker"
+    assert out["unchanged"] and out["files"] > 0
