@@ -47,8 +47,8 @@ DeepSpeed builds dense one-hot ``[S, E, C]`` dispatch/combine tensors and einsum
 assignments by expert (as MegaBlocks and ScatterMoE do), runs every expert on its contiguous block of
 rows, and adds the gate-weighted rows back per token with ``index_add``. Semantics are identical (the
 tests check this against a naive per-expert loop); only the cost differs. The experts run as one
-``torch.nn.functional.grouped_mm`` call per matrix where the kernel exists, or one ``bmm`` over padded
-buffers when there are few rows per expert on CPU (see ``Experts``, which says what was measured).
+``torch.nn.functional.grouped_mm`` call per matrix where the kernel takes the device, dtype and widths,
+and as a readable loop over experts everywhere else (see ``Experts``).
 
 Losses
 ------
