@@ -2,8 +2,9 @@
 
 A convenience, not a part of the site: ``moekb build`` writes the same files, and Zensical (which
 runs no hooks) builds the same site from them. After ``moekb build`` the pages are current and the
-hook only checks so; under ``mkdocs serve`` every edit to a watched folder regenerates them. An invalid knowledge base aborts the build with the
-``file:line`` list and leaves the previous output (and the site being served) as it was.
+hook only checks so; under ``mkdocs serve`` every edit to a watched folder regenerates them. An
+invalid knowledge base aborts the build with the ``file:line`` list and leaves the previous output
+(and the site being served) as it was.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ from moekb.graph import LIST_SEPARATOR, citation_graph, explorer_data, graph_gra
 from moekb.identifiers import source_kind
 from moekb.model import KnowledgeBase, Paper, Perspective, Subcategory
 from moekb.notebook_page import notebook_page, published_notebook
-from moekb.related import RelatedWork, citation_digraph
+from moekb.related import RelatedWork
 from moekb.workers import run_tasks
 
 # Top-level folders of docs/ that the generator owns (and empties of what it no longer writes).
@@ -215,7 +215,7 @@ class SiteRenderer:
 
     @cached_property
     def related_work(self) -> RelatedWork:
-        return RelatedWork(citation_digraph(self.kb))
+        return RelatedWork(self.graph)
 
     @cached_property
     def sibling_links(self) -> tuple[dict[str, Markup], dict[str, Markup]]:

@@ -9,7 +9,12 @@ from collections import Counter
 import networkx as nx
 import pytest
 
+from moekb.graph import CitationGraph
 from moekb.related import PRIOR_LATER, RELATED, Neighbourhood, Related, RelatedWork
+
+
+def as_citation_graph(graph: nx.DiGraph) -> CitationGraph:
+    return CitationGraph(nodes={node: {} for node in graph}, edges=list(graph.edges))
 
 
 def naive(graph: nx.DiGraph, paper: str) -> Neighbourhood:
@@ -37,7 +42,7 @@ def test_hand_checked_graph():
     # x and y both cite a and b; z cites x and y (co-citation); w cites y only
     graph = nx.DiGraph([("x", "a"), ("x", "b"), ("y", "a"), ("y", "b"), ("z", "x"), ("z", "y"), ("w", "y"),
                         ("y", "c")])
-    related = RelatedWork(graph).of("x")
+    related = RelatedWork(as_citation_graph(graph)).of("x")
     # y shares both references and the citer z; z and w share nothing with x, so only y is related
     assert related.related == (Related("y", 3, ("a", "b"), ("z",)),)
     assert related.prior == (("a", 1), ("b", 1), ("c", 1))  # what the related set cites, ties by id
@@ -51,10 +56,10 @@ def test_random_graphs_match_the_definitions(seed):
     edges = {(a, b) for a in nodes for b in nodes if a != b and rng.random() < 0.08}
     graph = nx.DiGraph(sorted(edges))
     graph.add_nodes_from(nodes)
-    index = RelatedWork(graph)
+    index = RelatedWork(as_citation_graph(graph))
     for node in nodes:
         assert index.of(node) == naive(graph, node), node
 
 
 def test_a_paper_outside_the_graph_has_no_related_work():
-    assert RelatedWork(nx.DiGraph([("a", "b")])).of("zzz") == Neighbourhood((), (), ())
+    assert RelatedWork(as_citation_graph(nx.DiGraph([("a", "b")]))).of("zzz") == Neighbourhood((), (), ())
