@@ -26,6 +26,8 @@ import re
 from collections import deque
 from dataclasses import dataclass, field
 
+import networkx as nx
+
 from moekb.charts import perspective_colours
 from moekb.errors import Problem
 from moekb.fields import graph_attributes
@@ -94,8 +96,6 @@ def citation_graph(kb: KnowledgeBase, *, bare: bool = False) -> CitationGraph:
 def to_networkx(graph: CitationGraph, *, attributes: bool = True):
     """The graph as a ``networkx.DiGraph``, nodes and edges in the same order, with the same attributes
     (or, with ``attributes=False``, the ids alone: what the graph algorithms need)."""
-    import networkx as nx
-
     out = nx.DiGraph()
     out.add_nodes_from((node, dict(attrs) if attributes else {}) for node, attrs in graph.nodes.items())
     out.add_edges_from(graph.edges)
@@ -134,8 +134,6 @@ def pagerank(graph: CitationGraph, *, alpha: float = 0.85, max_iter: int = 100, 
 
 def strongly_connected_components(graph: CitationGraph) -> list[set[str]]:
     """Groups of papers that cite each other round in a loop (networkx's iterative Tarjan)."""
-    import networkx as nx
-
     return [set(component) for component in nx.strongly_connected_components(to_networkx(graph, attributes=False))]
 
 
@@ -179,8 +177,6 @@ def cycle_warnings(graph: CitationGraph) -> list[Problem]:
 
 def weakly_connected_components(graph: CitationGraph) -> list[set[str]]:
     """Papers joined by citations in either direction."""
-    import networkx as nx
-
     return [set(component) for component in nx.weakly_connected_components(to_networkx(graph, attributes=False))]
 
 
@@ -240,8 +236,6 @@ NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")  # characters X
 def graph_graphml(graph: CitationGraph) -> str:
     """GraphML by networkx, with list attributes (authors, modalities, gaps) joined by ``LIST_SEPARATOR``
     (GraphML has no list type) and characters XML 1.0 cannot hold replaced."""
-    import networkx as nx
-
     out = nx.DiGraph()
     for node, attrs in graph.nodes.items():
         out.add_node(node, **{k: clean(LIST_SEPARATOR.join(v) if isinstance(v, list) else v)
